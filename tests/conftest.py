@@ -1,0 +1,32 @@
+"""Shared fixtures: an isolated TYMPAN_HOME, the toy corpus, and the tiny config."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "configs"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tympan_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("tympan_home")
+    os.environ["TYMPAN_HOME"] = str(home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def toy_corpus(tympan_home: Path) -> Path:
+    from tympan.training.toy import build_toy
+
+    return build_toy(tympan_home / "toy")
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg(toy_corpus: Path):
+    from tympan.training.config import load_config
+
+    return load_config(CONFIGS / "tiny.toml")

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tympan.config import ConfigError
+from tympan.training.config import load_config
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def test_shipped_configs_parse_and_validate() -> None:
+    seed = load_config(CONFIGS / "iwslt2025.toml")
+    assert seed.encoder.kind == "seamless_m4t_v2"
+    assert seed.encoder.checkpoint == "facebook/seamless-m4t-v2-large"
+    assert seed.encoder.layer == 24
+    assert seed.projector.frame_average == 3
+    assert seed.llm.checkpoint == "meta-llama/Llama-3.1-8B-Instruct"
+    assert (seed.lora.r, seed.lora.alpha) == (8, 16.0)
+    assert set(seed.lora.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                             "down_proj"}
+    assert seed.train.joint.steps == 1000
+    assert seed.train.precision == "bf16"
+    tiny = load_config(CONFIGS / "tiny.toml")
+    assert tiny.encoder.random is not None and tiny.llm.random is not None
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    return p
+
+
+BASE = '[encoder]\nkind = "whisper"\n[encoder.random]\n[llm.random]\n'
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("[projector]\nwidht = 3\n", "unknown key projector.widht"),
+        ("[projector]\nwidth = -4\n", "projector.width: must be > 0"),
+        ("[projector]\nwidth = 'big'\n", "projector.width: expected an integer"),
+        ("[train]\nprecision = 'fp8'\n", "train.precision: 'fp8' is not one of"),
+        ("[train.joint]\ntasks = ['asr', 'dance']\n", "train.joint.tasks[1]: 'dance' is not one of"),
+        ("[prompt.instructions.sqa]\nde = 'Antworte.'\n", "must contain {question}"),
+        ("[lora]\ndropout = 1.5\n", "lora.dropout: must be in [0, 1)"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path: Path, extra: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(_write(tmp_path, BASE + extra))
+
+
+def test_missing_encoder_weights_and_random_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"set encoder.checkpoint or an \[encoder.random\] table"):
+        load_config(_write(tmp_path, '[encoder]\nkind = "whisper"\n[llm.random]\n'))
+    with pytest.raises(ConfigError, match="missing required key encoder"):
+        load_config(_write(tmp_path, "[llm.random]\n"))
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(_write(tmp_path, "[encoder\n"))
+
+
+def test_data_paths_resolve_relative_to_the_config_and_expand_home(tmp_path: Path, tympan_home: Path) -> None:
+    cfg = load_config(_write(tmp_path, BASE + '[data]\ntrain = ["m/train.jsonl", "$TYMPAN_HOME/x.jsonl"]\n'))
+    assert cfg.resolve(cfg.data.train[0]) == tmp_path / "m" / "train.jsonl"
+    assert cfg.resolve(cfg.data.train[1]) == tympan_home / "x.jsonl"

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+
+from tympan.training.data import ManifestError, epoch_plan, load_manifest, stage_examples
+
+GOOD = {"id": "a", "audio": "a.wav", "task": "asr", "src_lang": "en", "tgt_lang": "en", "target": "hello"}
+
+
+def _manifest(tmp_path: Path, lines: list[str]) -> Path:
+    (tmp_path / "a.wav").write_bytes(b"RIFF")
+    p = tmp_path / "m.jsonl"
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        (json.dumps({**GOOD, "task": "summarise"}), "unknown task 'summarise'"),
+        (json.dumps({**GOOD, "audio": "missing.wav"}), "audio file not found"),
+        (json.dumps({k: v for k, v in GOOD.items() if k != "target"}), "missing field 'target'"),
+        (json.dumps({**GOOD, "target": ""}), "field 'target' must be a non-empty string"),
+        (json.dumps({**GOOD, "speaker": "x"}), "unknown field 'speaker'"),
+        (json.dumps({**GOOD, "tgt_lang": "de"}), "task 'asr' needs tgt_lang == src_lang"),
+        (json.dumps({**GOOD, "task": "st"}), "task 'st' needs a tgt_lang other than"),
+        (json.dumps({**GOOD, "task": "sqa"}), "task 'sqa' needs a 'question'"),
+        (json.dumps({k: v for k, v in GOOD.items() if k != "audio"}), "needs 'text'"),
+        (json.dumps({**GOOD, "task": "st", "tgt_lang": "fr"}), "no instruction for task 'st' into 'fr'"),
+    ],
+)
+def test_bad_line_fails_naming_file_and_line(tmp_path: Path, line: str, message: str) -> None:
+    p = _manifest(tmp_path, [json.dumps(GOOD | {"id": "ok"}), line])
+    with pytest.raises(ManifestError) as err:
+        load_manifest(p, known_langs={"asr": {"en"}, "st": {"de"}, "sqa": {"en"}})
+    assert f"{p}:2:" in str(err.value)
+    assert message in str(err.value)
+
+
+def test_duplicate_ids_and_empty_manifests_are_refused(tmp_path: Path) -> None:
+    p = _manifest(tmp_path, [json.dumps(GOOD), json.dumps(GOOD)])
+    with pytest.raises(ManifestError, match=r"m.jsonl:2: duplicate id 'a' \(first on line 1\)"):
+        load_manifest(p)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(ManifestError, match="no examples"):
+        load_manifest(empty)
+    with pytest.raises(ManifestError, match="manifest not found"):
+        load_manifest(tmp_path / "nope.jsonl")
+
+
+def test_audio_paths_are_relative_to_the_manifest(tmp_path: Path) -> None:
+    (ex,) = load_manifest(_manifest(tmp_path, [json.dumps(GOOD)]))
+    assert ex.audio == tmp_path / "a.wav"
+    assert ex.is_speech
+
+
+def test_stages_take_their_modalities_and_joint_pairs_st_with_mt(toy_corpus: Path) -> None:
+    examples = load_manifest(toy_corpus / "train.jsonl")
+    speech, text = stage_examples(examples, "projector", ["asr", "st"])
+    assert speech and not text and {e.task for e in speech} == {"asr", "st"}
+    speech, text = stage_examples(examples, "lora", ["asr", "st", "sqa"])
+    assert not speech and text and all(not e.is_speech for e in text)
+    speech, text = stage_examples(examples, "joint", ["st"])
+    plan = epoch_plan(speech, text, 4, seed=0, epoch=0, pair_text=True)
+    for prev, batch in itertools.pairwise(plan):
+        if prev.is_speech:
+            # The batch after an ST speech batch is the same examples as text.
+            assert not batch.is_speech
+            assert [e.id + "#text" for e in prev.examples] == [e.id for e in batch.examples]
+    # Deterministic per (seed, epoch), different across epochs.
+    again = epoch_plan(speech, text, 4, seed=0, epoch=0, pair_text=True)
+    assert [b.examples for b in plan] == [b.examples for b in again]
+    other = epoch_plan(speech, text, 4, seed=0, epoch=1, pair_text=True)
+    assert [b.examples for b in plan] != [b.examples for b in other]

@@ -1,0 +1,1 @@
+"""tympan.training: the speech LLM (encoder, projector, LLM + LoRA) and its three-stage training."""

@@ -1,0 +1,108 @@
+"""On-disk cache of frozen encoder outputs, keyed by the audio's hash, the encoder and its layer.
+
+The encoder never changes during training, so each audio file is encoded once; training
+from the cache gives the same loss as training from audio. Entries are written atomically
+(temporary file, then rename), so an interrupted fill resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tympan.audio import load_audio
+
+from .data import Example
+from .encoder import SpeechEncoder
+
+
+def audio_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:32]
+
+
+def audio_seconds(path: Path) -> float:
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise ValueError(f"{path}: cannot read audio: {e}") from None
+    return info.frames / info.samplerate
+
+
+def encode_audio(encoder: SpeechEncoder, audios: Sequence[np.ndarray], device: torch.device) -> list[torch.Tensor]:
+    """Encode waveforms as one padded batch; returns each one's hidden states (T_i, D) on CPU."""
+    feats = [encoder.extract_features(a) for a in audios]
+    lengths = torch.tensor([f.shape[0] for f in feats])
+    batch = torch.zeros(len(feats), int(lengths.max()), feats[0].shape[1])
+    for i, f in enumerate(feats):
+        batch[i, : f.shape[0]] = torch.from_numpy(f)
+    with torch.no_grad():
+        hidden, out_lengths = encoder(batch.to(device), lengths.to(device))
+    return [hidden[i, : int(n)].float().cpu() for i, n in enumerate(out_lengths)]
+
+
+class EncoderCache:
+    def __init__(self, root: Path, encoder: SpeechEncoder, dtype: str = "float32") -> None:
+        self.encoder = encoder
+        self.dir = root / "encoder" / f"{encoder.kind}-{encoder.fingerprint()}"
+        self.dtype = np.float16 if dtype == "float16" else np.float32
+        self._keys: dict[Path, str] = {}
+
+    def _path(self, audio: Path) -> Path:
+        key = self._keys.get(audio)
+        if key is None:
+            key = self._keys[audio] = audio_hash(audio)
+        return self.dir / key[:2] / f"{key}.npy"
+
+    def has(self, example: Example) -> bool:
+        assert example.audio is not None
+        return self._path(example.audio).is_file()
+
+    def get(self, example: Example) -> torch.Tensor:
+        assert example.audio is not None
+        path = self._path(example.audio)
+        return torch.from_numpy(np.load(path).astype(np.float32))
+
+    def put(self, example: Example, hidden: torch.Tensor) -> None:
+        assert example.audio is not None
+        path = self._path(example.audio)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        with open(tmp, "wb") as f:
+            np.save(f, hidden.numpy().astype(self.dtype))
+        os.replace(tmp, path)
+
+    def fill(
+        self,
+        examples: Sequence[Example],
+        device: torch.device,
+        batch_size: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Encode every example not yet cached (sorted by length to pad little); returns how many."""
+        todo = {e.audio: e for e in examples if e.audio is not None and not self.has(e)}
+        items = sorted(todo.values(), key=lambda e: audio_seconds(e.audio))  # type: ignore[arg-type]
+        for i in range(0, len(items), batch_size):
+            chunk = items[i : i + batch_size]
+            audios = []
+            for e in chunk:
+                assert e.audio is not None
+                audio = load_audio(e.audio, self.encoder.sample_rate)
+                self.encoder.check_duration(len(audio), f"{e.id} ({e.audio})")
+                audios.append(audio)
+            hidden = encode_audio(self.encoder, audios, device)
+            for e, h in zip(chunk, hidden, strict=True):
+                self.put(e, h)
+            if progress:
+                progress(len(chunk))
+        return len(items)

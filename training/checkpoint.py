@@ -1,0 +1,228 @@
+"""Building the model from a config, and checkpoints: save (atomically) and load.
+
+A checkpoint directory:
+  checkpoint.json        format, stage, step, which parts are trained
+  config.toml            the config it was trained with
+  base/                  tokenizer/, plus the weights of randomly initialised parts
+                         (encoder.safetensors, llm/) that no checkpoint id can restore
+  projector.safetensors  when the projector has been trained
+  adapter/               PEFT LoRA adapter, when LoRA has been trained
+  trainer_state.pt       optimizer, scheduler and RNG states (resumable checkpoints only)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from tympan import __version__
+from tympan.config import ConfigError, dump_toml
+
+from .config import Config, config_from_dict
+from .encoder import SpeechEncoder, build_encoder
+from .llm import load_pretrained, lora_config, random_llm, train_tokenizer
+from .model import SpeechLLM
+from .projector import Projector
+from .prompt import INSTRUCTIONS
+
+FORMAT = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete or of an unknown format."""
+
+
+@dataclass
+class Base:
+    """The frozen parts: encoder, LLM (before LoRA) and tokenizer."""
+
+    encoder: SpeechEncoder
+    llm: nn.Module
+    tokenizer: Any
+
+
+def llm_dtype(cfg: Config) -> torch.dtype:
+    # A frozen 8B LLM in bf16 halves its memory; trainable LoRA weights stay fp32 (PEFT).
+    if cfg.train.precision == "bf16" and torch.cuda.is_available():
+        return torch.bfloat16
+    return torch.float32
+
+
+def tokenizer_corpus(cfg: Config, texts: Iterable[str]) -> list[str]:
+    corpus = [t for langs in INSTRUCTIONS.values() for t in langs.values()]
+    corpus += [t for langs in cfg.prompt.instructions.values() for t in langs.values()]
+    corpus += ["<speech>", "</speech>", "user", "assistant", "system"]
+    return corpus + list(texts)
+
+
+def build_base(cfg: Config, texts: Iterable[str] = ()) -> Base:
+    """Fresh base from the config; a random LLM gets a tokenizer trained on `texts`."""
+    encoder = build_encoder(cfg.encoder, seed=cfg.seed)
+    if cfg.llm.checkpoint:
+        llm, tokenizer = load_pretrained(cfg.llm, llm_dtype(cfg))
+    else:
+        assert cfg.llm.random is not None
+        tokenizer = train_tokenizer(tokenizer_corpus(cfg, texts), cfg.llm.random.vocab_size)
+        with torch.random.fork_rng():
+            torch.manual_seed(cfg.seed)
+            llm = random_llm(cfg.llm.random, len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
+    llm.requires_grad_(False)
+    return Base(encoder, llm, tokenizer)
+
+
+def save_base(path: Path, cfg: Config, base: Base) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    base.tokenizer.save_pretrained(str(path / "tokenizer"))
+    if not cfg.encoder.checkpoint:
+        save_file({k: v.contiguous() for k, v in base.encoder.state_dict().items()}, str(path / "encoder.safetensors"))
+    if not cfg.llm.checkpoint:
+        base.llm.save_pretrained(str(path / "llm"))
+
+
+def load_base(path: Path, cfg: Config) -> Base:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (path / "tokenizer").is_dir():
+        raise CheckpointError(f"{path}: base/tokenizer is missing")
+    tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"))
+    encoder = build_encoder(cfg.encoder, seed=cfg.seed)
+    if not cfg.encoder.checkpoint:
+        file = path / "encoder.safetensors"
+        if not file.is_file():
+            raise CheckpointError(f"{path}: the random encoder's weights (encoder.safetensors) are missing")
+        encoder.load_state_dict(load_file(str(file)), strict=True)
+    if cfg.llm.checkpoint:
+        llm, _ = load_pretrained(cfg.llm, llm_dtype(cfg))
+    else:
+        if not (path / "llm").is_dir():
+            raise CheckpointError(f"{path}: the random LLM's weights (llm/) are missing")
+        llm = AutoModelForCausalLM.from_pretrained(str(path / "llm"), dtype=torch.float32)
+    llm.requires_grad_(False)
+    return Base(encoder, llm, tokenizer)
+
+
+def new_projector(cfg: Config, base: Base) -> Projector:
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed + 1)
+        hidden = base.llm.get_input_embeddings().weight.shape[1]
+        return Projector(cfg.projector, base.encoder.output_dim, hidden)
+
+
+def assemble_model(
+    cfg: Config,
+    base: Base,
+    *,
+    lora: bool,
+    projector_state: dict[str, torch.Tensor] | None = None,
+    adapter_dir: Path | None = None,
+    trainable: bool = False,
+) -> SpeechLLM:
+    """SpeechLLM from a base, with a fresh or loaded projector and an optional (fresh or loaded) LoRA."""
+    projector = new_projector(cfg, base)
+    if projector_state is not None:
+        projector.load_state_dict(projector_state, strict=True)
+    llm = base.llm
+    if lora:
+        from peft import PeftModel, get_peft_model
+
+        if adapter_dir is not None:
+            llm = PeftModel.from_pretrained(llm, str(adapter_dir), is_trainable=trainable)
+        else:
+            with torch.random.fork_rng():
+                torch.manual_seed(cfg.seed + 2)
+                llm = get_peft_model(llm, lora_config(cfg.lora))
+    return SpeechLLM(cfg, base.encoder, projector, llm, base.tokenizer)
+
+
+def _atomic_dir(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+
+
+def _commit_dir(tmp: Path, path: Path) -> None:
+    """Replace `path` by `tmp` so that `path` is always either absent, old or complete."""
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, path)
+
+
+def save_checkpoint(
+    path: Path,
+    model: SpeechLLM,
+    *,
+    stage: str,
+    step: int,
+    trained: list[str],
+    base_dir: Path,
+    trainer_state: dict[str, Any] | None = None,
+) -> None:
+    tmp = _atomic_dir(path)
+    try:
+        shutil.copytree(base_dir, tmp / "base")
+        (tmp / "config.toml").write_text(dump_toml(model.cfg.to_toml_dict()), encoding="utf-8")
+        if "projector" in trained:
+            state = {k: v.detach().cpu().contiguous() for k, v in model.projector.state_dict().items()}
+            save_file(state, str(tmp / "projector.safetensors"))
+        if "lora" in trained:
+            model.llm.save_pretrained(str(tmp / "adapter"))
+        if trainer_state is not None:
+            torch.save(trainer_state, tmp / "trainer_state.pt")
+        meta = {"format": FORMAT, "tympan_version": __version__, "stage": stage, "step": step, "trained": trained}
+        # Written last: a directory without it is never taken for a checkpoint.
+        (tmp / "checkpoint.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        _commit_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    meta_file = path / "checkpoint.json"
+    if not meta_file.is_file():
+        raise CheckpointError(f"{path}: not a tympan checkpoint (checkpoint.json missing)")
+    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: checkpoint format {meta.get('format')!r}, this tympan reads {FORMAT}")
+    return meta
+
+
+def read_config(path: Path) -> Config:
+    from tympan.config import read_toml
+
+    try:
+        return config_from_dict(read_toml(path / "config.toml"), source=str(path / "config.toml"))
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+
+
+def load_checkpoint(path: str | Path, trainable: bool = False) -> SpeechLLM:
+    """The model of a checkpoint (LoRA unmerged), in eval mode unless `trainable`."""
+    path = Path(path)
+    meta = read_meta(path)
+    cfg = read_config(path)
+    base = load_base(path / "base", cfg)
+    trained = meta["trained"]
+    projector_state = load_file(str(path / "projector.safetensors")) if "projector" in trained else None
+    model = assemble_model(
+        cfg,
+        base,
+        lora="lora" in trained,
+        projector_state=projector_state,
+        adapter_dir=path / "adapter" if "lora" in trained else None,
+        trainable=trainable,
+    )
+    return model if trainable else model.eval()

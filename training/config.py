@@ -1,0 +1,252 @@
+"""The model and training configuration (one TOML file), validated at load time."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from tympan.config import (
+    ConfigError,
+    check,
+    from_dict,
+    non_negative,
+    positive,
+    probability,
+    read_toml,
+    to_dict,
+    tympan_home,
+)
+
+EncoderKind = Literal["seamless_m4t_v2", "whisper"]
+Task = Literal["asr", "st", "sqa"]
+Stage = Literal["projector", "lora", "joint"]
+STAGES: tuple[Stage, ...] = ("projector", "lora", "joint")
+
+LORA_TARGETS_LLAMA = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass(frozen=True)
+class RandomEncoderConfig:
+    """Dimensions of a randomly initialised encoder (tests and tiny runs)."""
+
+    hidden_size: int = field(default=32, metadata=check(positive))
+    layers: int = field(default=2, metadata=check(positive))
+    heads: int = field(default=2, metadata=check(positive))
+    ffn_size: int = field(default=64, metadata=check(positive))
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    kind: EncoderKind
+    # Model id or local directory; empty: random initialisation from `random`.
+    checkpoint: str = ""
+    # Output of this layer (1-based); 0 means the last layer.
+    layer: int = field(default=0, metadata=check(non_negative))
+    # Longest audio accepted, seconds (Whisper's positional table covers 30 s).
+    max_seconds: float = field(default=30.0, metadata=check(positive))
+    random: RandomEncoderConfig | None = None
+
+
+@dataclass(frozen=True)
+class ProjectorConfig:
+    frame_average: int = field(default=3, metadata=check(positive))
+    width: int = field(default=1024, metadata=check(positive))
+    layers: int = field(default=2, metadata=check(non_negative))
+    heads: int = field(default=8, metadata=check(positive))
+    ffn_size: int = field(default=4096, metadata=check(positive))
+    dropout: float = field(default=0.1, metadata=check(probability))
+
+
+@dataclass(frozen=True)
+class RandomLLMConfig:
+    """A randomly initialised Llama with a tokenizer trained locally (tests and tiny runs)."""
+
+    hidden_size: int = field(default=64, metadata=check(positive))
+    layers: int = field(default=2, metadata=check(positive))
+    heads: int = field(default=4, metadata=check(positive))
+    kv_heads: int = field(default=2, metadata=check(positive))
+    ffn_size: int = field(default=128, metadata=check(positive))
+    vocab_size: int = field(default=512, metadata=check(positive))
+    init_std: float = field(default=0.2, metadata=check(positive))
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    # Model id or local directory of an AutoModelForCausalLM with a chat template.
+    checkpoint: str = ""
+    # Name of a GGUF file inside `checkpoint` to load (dequantised) instead of safetensors.
+    gguf_file: str = ""
+    random: RandomLLMConfig | None = None
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    r: int = field(default=8, metadata=check(positive))
+    alpha: float = field(default=16.0, metadata=check(positive))
+    dropout: float = field(default=0.0, metadata=check(probability))
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS_LLAMA))
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    # System message; empty: none (short prompts). Note that some chat templates add
+    # their own default system message when none is given.
+    system: str = ""
+    # Instruction templates by task and target language; `{question}` is filled for SQA.
+    # Missing entries fall back to the built-in templates in training/prompt.py.
+    instructions: dict[str, dict[str, str]] = field(default_factory=dict)
+    max_new_tokens: int = field(default=100, metadata=check(positive))
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # JSONL manifests; relative paths are relative to the config file.
+    train: list[str] = field(default_factory=list)
+    dev: list[str] = field(default_factory=list)
+    # Longest target accepted, in tokens; longer examples fail at load time.
+    max_target_tokens: int = field(default=256, metadata=check(positive))
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    steps: int = field(default=100, metadata=check(non_negative))
+    lr: float = field(default=1e-4, metadata=check(positive))
+    # Joint stage only: a separate learning rate for the LoRA parameters (0: use `lr`).
+    lr_lora: float = field(default=0.0, metadata=check(non_negative))
+    warmup_steps: int = field(default=0, metadata=check(non_negative))
+    tasks: list[Task] = field(default_factory=lambda: ["asr", "st", "sqa"])
+    # Joint stage: after a speech ST batch, train on the same examples as text (MT).
+    pair_text: bool = True
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Masking on encoder outputs, applied after the cache so it varies per epoch."""
+
+    time_masks: int = field(default=0, metadata=check(non_negative))
+    time_mask_max: int = field(default=10, metadata=check(non_negative))
+    feature_masks: int = field(default=0, metadata=check(non_negative))
+    feature_mask_max: int = field(default=8, metadata=check(non_negative))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = field(default=8, metadata=check(positive))
+    grad_accum: int = field(default=1, metadata=check(positive))
+    precision: Literal["no", "bf16", "fp16"] = "no"
+    gradient_checkpointing: bool = False
+    weight_decay: float = field(default=0.0, metadata=check(non_negative))
+    max_grad_norm: float = field(default=1.0, metadata=check(non_negative))
+    # Compute encoder outputs once per audio file and train from the cache.
+    cache_encoder: bool = True
+    cache_dtype: Literal["float32", "float16"] = "float32"
+    encode_batch_size: int = field(default=8, metadata=check(positive))
+    log_every: int = field(default=10, metadata=check(positive))
+    save_every: int = field(default=200, metadata=check(positive))
+    eval_every: int = field(default=0, metadata=check(non_negative))
+    keep_checkpoints: int = field(default=2, metadata=check(positive))
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    projector: StageConfig = field(default_factory=lambda: StageConfig(tasks=["asr", "st"]))
+    lora: StageConfig = field(default_factory=StageConfig)
+    joint: StageConfig = field(default_factory=lambda: StageConfig(steps=1000))
+
+
+@dataclass(frozen=True)
+class Config:
+    encoder: EncoderConfig
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+    # Where the config came from (not a TOML key): relative data paths resolve against it.
+    base_dir: str = field(default=".", metadata={"internal": True})
+
+    def stage(self, name: Stage) -> StageConfig:
+        return getattr(self.train, name)
+
+    def resolve(self, path: str) -> Path:
+        """A data path from the config: `$VARS` expanded (`$TYMPAN_HOME` defaults), relative to the file."""
+        env = dict(os.environ)
+        env.setdefault("TYMPAN_HOME", str(tympan_home()))
+        expanded = os.path.expanduser(_expand(path, env))
+        p = Path(expanded)
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    def to_toml_dict(self) -> dict[str, Any]:
+        data = to_dict(self)
+        data.pop("base_dir", None)
+        return data
+
+
+def _expand(path: str, env: dict[str, str]) -> str:
+    import string
+
+    try:
+        return string.Template(path).substitute(env)
+    except KeyError as e:
+        raise ConfigError(f"path {path!r} uses the unset environment variable {e.args[0]}") from None
+
+
+def validate(cfg: Config, source: str) -> Config:
+    """Cross-field checks that a single field cannot express."""
+    enc = cfg.encoder
+    if not enc.checkpoint and enc.random is None:
+        raise ConfigError(f"{source}: encoder: set encoder.checkpoint or an [encoder.random] table")
+    if enc.random is not None and enc.random.hidden_size % enc.random.heads:
+        raise ConfigError(f"{source}: encoder.random.hidden_size must be divisible by encoder.random.heads")
+    if enc.random is not None and enc.layer > enc.random.layers:
+        raise ConfigError(
+            f"{source}: encoder.layer = {enc.layer} but the random encoder has {enc.random.layers} layers"
+        )
+    if cfg.projector.width % cfg.projector.heads:
+        raise ConfigError(f"{source}: projector.width must be divisible by projector.heads")
+    llm = cfg.llm
+    if not llm.checkpoint and llm.random is None:
+        raise ConfigError(f"{source}: llm: set llm.checkpoint or an [llm.random] table")
+    if llm.gguf_file and not llm.checkpoint:
+        raise ConfigError(f"{source}: llm.gguf_file needs llm.checkpoint (the directory holding it)")
+    if llm.random is not None:
+        r = llm.random
+        if r.hidden_size % r.heads or r.heads % r.kv_heads:
+            raise ConfigError(
+                f"{source}: llm.random: hidden_size must be divisible by heads, and heads by kv_heads"
+            )
+    if not cfg.lora.target_modules:
+        raise ConfigError(f"{source}: lora.target_modules must name at least one module")
+    for task, langs in cfg.prompt.instructions.items():
+        if task not in ("asr", "st", "sqa"):
+            raise ConfigError(f"{source}: prompt.instructions.{task}: unknown task (asr, st, sqa)")
+        if task == "sqa":
+            for lang, text in langs.items():
+                if "{question}" not in text:
+                    raise ConfigError(f"{source}: prompt.instructions.sqa.{lang}: must contain {{question}}")
+    for name in STAGES:
+        stage = cfg.stage(name)
+        if not stage.tasks:
+            raise ConfigError(f"{source}: train.{name}.tasks must name at least one task")
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    data = read_toml(path)
+    if "base_dir" in data:
+        raise ConfigError(f"{path}: unknown key base_dir")
+    data["base_dir"] = str(path.resolve().parent)
+    cfg = from_dict(Config, data, source=str(path))
+    return validate(cfg, str(path))
+
+
+def config_from_dict(data: dict[str, Any], source: str, base_dir: str = ".") -> Config:
+    data = {**data, "base_dir": base_dir}
+    return validate(from_dict(Config, data, source=source), source)
+
+
+def replace(cfg: Any, **changes: Any) -> Any:
+    return dataclasses.replace(cfg, **changes)

@@ -1,0 +1,311 @@
+"""Frozen speech encoders behind one interface: SeamlessM4T-v2 (w2v-BERT 2.0) and Whisper.
+
+An encoder turns one waveform into features (numpy, per utterance, so a feature never
+depends on what else is in the batch), and a padded batch of features into hidden states
+of a chosen layer, computed on the real length of the audio.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import EncoderConfig
+
+SAMPLE_RATE = 16000
+
+
+class EncoderLoadError(RuntimeError):
+    """Encoder weights could not be found or do not fit the architecture."""
+
+
+class SpeechEncoder(nn.Module):
+    """Interface: `extract_features` (numpy) then `forward(features, lengths)`."""
+
+    kind: str
+    sample_rate: int = SAMPLE_RATE
+    output_dim: int
+    frames_per_second: float
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def extract_features(self, audio: np.ndarray) -> np.ndarray:
+        """Mono float32 audio at `sample_rate` -> features (time, feature_dim)."""
+        raise NotImplementedError
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """features (batch, time, feature_dim), lengths (batch,) -> hidden (batch, time', dim), lengths'."""
+        raise NotImplementedError
+
+    def feature_params(self) -> dict[str, Any]:
+        """What a feature extractor needs to reproduce `extract_features` (for the bundle)."""
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        """Identifies the encoder's outputs: kind, layer, feature params and weights."""
+        h = hashlib.sha256()
+        h.update(json.dumps({"kind": self.kind, "layer": self.cfg.layer, "features": self.feature_params()},
+                            sort_keys=True).encode())
+        if self.cfg.checkpoint:
+            h.update(_checkpoint_identity(self.cfg.checkpoint).encode())
+        else:
+            for name, tensor in sorted(self.state_dict().items()):
+                h.update(name.encode())
+                h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def check_duration(self, n_samples: int, what: str) -> None:
+        seconds = n_samples / self.sample_rate
+        if seconds > self.cfg.max_seconds:
+            raise ValueError(f"{what}: {seconds:.1f} s of audio exceeds encoder.max_seconds = {self.cfg.max_seconds}")
+
+
+def _padding_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def _checkpoint_identity(checkpoint: str) -> str:
+    """Cheap identity of a checkpoint: its name plus size and mtime of local weight files."""
+    path = Path(checkpoint)
+    if not path.is_dir():
+        return checkpoint
+    stats = [
+        f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}"
+        for p in sorted(path.glob("*"))
+        if p.suffix in (".safetensors", ".bin", ".json")
+    ]
+    return checkpoint + "|" + ",".join(stats)
+
+
+def _weight_files(checkpoint: str) -> list[Path]:
+    """The safetensors files of a local directory or of a model id already in the local HF cache."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        files = sorted(path.glob("*.safetensors"))
+        if not files:
+            raise EncoderLoadError(f"{checkpoint}: no *.safetensors files in this directory")
+        return files
+    from transformers.utils import cached_file
+
+    index = cached_file(checkpoint, "model.safetensors.index.json", _raise_exceptions_for_missing_entries=False)
+    if index:
+        names = sorted(set(json.loads(Path(index).read_text())["weight_map"].values()))
+        return [Path(cached_file(checkpoint, n)) for n in names]
+    single = cached_file(checkpoint, "model.safetensors", _raise_exceptions_for_missing_entries=False)
+    if not single:
+        raise EncoderLoadError(f"{checkpoint}: no safetensors weights found (local directory or HF cache)")
+    return [Path(single)]
+
+
+def load_submodule_weights(module: nn.Module, checkpoint: str, prefixes: tuple[str, ...]) -> None:
+    """Load `module`'s weights from a full model checkpoint, stripping the first matching key prefix.
+
+    Strict: every weight of `module` must be found (a silent partial load leaves random weights).
+    """
+    from safetensors import safe_open
+
+    files = _weight_files(checkpoint)
+    state: dict[str, torch.Tensor] = {}
+    for prefix in prefixes:
+        for file in files:
+            with safe_open(str(file), framework="pt") as f:
+                for key in f.keys():  # noqa: SIM118 - safe_open is not a dict
+                    if key.startswith(prefix):
+                        state[key[len(prefix):]] = f.get_tensor(key)
+        if state:
+            break
+    if not state:
+        raise EncoderLoadError(f"{checkpoint}: no weights under any of the prefixes {list(prefixes)}")
+    expected = set(module.state_dict())
+    missing = sorted(expected - set(state))
+    if missing:
+        raise EncoderLoadError(
+            f"{checkpoint}: {len(missing)} encoder weights missing from the checkpoint, e.g. {missing[:3]}"
+        )
+    unexpected = sorted(set(state) - expected)
+    for key in unexpected:
+        del state[key]
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise EncoderLoadError(f"{checkpoint}: encoder weights do not fit the architecture: {e}") from None
+
+
+class SeamlessEncoder(SpeechEncoder):
+    """SeamlessM4T-v2's w2v-BERT 2.0 Conformer, output of a chosen layer (before the length adaptor).
+
+    80-dim fbank at 100 Hz, two frames stacked (160-dim) -> 50 Hz hidden states.
+    """
+
+    kind = "seamless_m4t_v2"
+    frames_per_second = 50.0
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__(cfg)
+        from transformers import SeamlessM4TFeatureExtractor, SeamlessM4Tv2Config
+        from transformers.models.seamless_m4t_v2.modeling_seamless_m4t_v2 import SeamlessM4Tv2SpeechEncoder
+
+        if cfg.checkpoint:
+            config = SeamlessM4Tv2Config.from_pretrained(cfg.checkpoint)
+        else:
+            r = cfg.random
+            assert r is not None
+            config = SeamlessM4Tv2Config(
+                hidden_size=r.hidden_size,
+                speech_encoder_layers=r.layers,
+                speech_encoder_attention_heads=r.heads,
+                speech_encoder_intermediate_size=r.ffn_size,
+                conv_depthwise_kernel_size=31 if r.hidden_size >= 256 else 15,
+                vocab_size=256,
+                t2u_vocab_size=256,
+            )
+        config._attn_implementation = "sdpa"
+        encoder = SeamlessM4Tv2SpeechEncoder(config)
+        if cfg.checkpoint:
+            # The full checkpoint keeps these weights under `speech_encoder.`; from_pretrained
+            # on the sub-model would not strip it and leave them random.
+            load_submodule_weights(encoder, cfg.checkpoint, ("speech_encoder.", ""))
+        total = config.speech_encoder_layers
+        layer = cfg.layer or total
+        if layer > total:
+            raise EncoderLoadError(f"encoder.layer = {layer} but the encoder has {total} layers")
+        # Layers above the chosen one, the intermediate FFN and the adaptor are never used.
+        encoder.encoder.layers = encoder.encoder.layers[:layer]
+        self.final_norm = layer == total
+        self.feature_projection = encoder.feature_projection
+        self.conformer = encoder.encoder
+        self.output_dim = config.hidden_size
+        self.extractor = SeamlessM4TFeatureExtractor(
+            feature_size=80, num_mel_bins=80, sampling_rate=SAMPLE_RATE, stride=2
+        )
+        self.requires_grad_(False)
+        self.eval()
+
+    def extract_features(self, audio: np.ndarray) -> np.ndarray:
+        out = self.extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="np")
+        return out["input_features"][0].astype(np.float32)
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        return lengths
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = _padding_mask(lengths, features.shape[1])
+        hidden = self.feature_projection(features)
+        hidden = hidden.masked_fill(~mask[..., None], 0.0)
+        from transformers.masking_utils import create_bidirectional_mask
+
+        attn_mask = create_bidirectional_mask(config=self.conformer.config, inputs_embeds=hidden, attention_mask=mask)
+        hidden = self.conformer.dropout(hidden)
+        for layer in self.conformer.layers:
+            hidden = layer(hidden, attention_mask=attn_mask, conv_attention_mask=mask)
+        if self.final_norm:
+            hidden = self.conformer.layer_norm(hidden)
+        return hidden, lengths
+
+    def feature_params(self) -> dict[str, Any]:
+        return {"type": "seamless_fbank", "sample_rate": SAMPLE_RATE, "num_mel_bins": 80, "stride": 2,
+                "frame_rate": 100, "normalize": "utterance_mean_var"}
+
+
+class WhisperEncoder(SpeechEncoder):
+    """Whisper's encoder fed with the real length of the audio (positional table sliced), not 30 s."""
+
+    kind = "whisper"
+    frames_per_second = 50.0
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__(cfg)
+        from transformers import WhisperConfig, WhisperFeatureExtractor
+        from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhisperEncoder
+
+        if cfg.checkpoint:
+            config = WhisperConfig.from_pretrained(cfg.checkpoint)
+        else:
+            r = cfg.random
+            assert r is not None
+            config = WhisperConfig(
+                d_model=r.hidden_size,
+                encoder_layers=r.layers,
+                encoder_attention_heads=r.heads,
+                encoder_ffn_dim=r.ffn_size,
+                decoder_layers=1,
+                decoder_attention_heads=r.heads,
+                decoder_ffn_dim=r.ffn_size,
+                num_mel_bins=80,
+                vocab_size=256,
+                pad_token_id=0,
+                bos_token_id=1,
+                eos_token_id=2,
+                decoder_start_token_id=3,
+                suppress_tokens=[],
+                begin_suppress_tokens=[],
+            )
+        config._attn_implementation = "sdpa"
+        encoder = HFWhisperEncoder(config)
+        if cfg.checkpoint:
+            load_submodule_weights(encoder, cfg.checkpoint, ("model.encoder.", "encoder.", ""))
+        total = config.encoder_layers
+        layer = cfg.layer or total
+        if layer > total:
+            raise EncoderLoadError(f"encoder.layer = {layer} but the encoder has {total} layers")
+        encoder.layers = encoder.layers[:layer]
+        self.final_norm = layer == total
+        self.whisper = encoder
+        self.output_dim = config.d_model
+        self.max_frames = config.max_source_positions
+        self.extractor = WhisperFeatureExtractor(feature_size=config.num_mel_bins, sampling_rate=SAMPLE_RATE)
+        self.requires_grad_(False)
+        self.eval()
+
+    def extract_features(self, audio: np.ndarray) -> np.ndarray:
+        out = self.extractor(audio, sampling_rate=SAMPLE_RATE, padding="longest", return_tensors="np")
+        return out["input_features"][0].T.astype(np.float32)
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        return (lengths - 1) // 2 + 1
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = self.whisper
+        x = nn.functional.gelu(enc.conv1(features.transpose(1, 2)))
+        x = nn.functional.gelu(enc.conv2(x)).transpose(1, 2)
+        out_lengths = self.output_lengths(lengths)
+        t = x.shape[1]
+        if t > self.max_frames:
+            raise ValueError(f"{t} encoder frames exceed Whisper's {self.max_frames} positions (30 s)")
+        hidden = x + enc.embed_positions.weight[:t]
+        mask = _padding_mask(out_lengths, t)
+        from transformers.masking_utils import create_bidirectional_mask
+
+        attn_mask = create_bidirectional_mask(config=enc.config, inputs_embeds=hidden, attention_mask=mask)
+        for layer in enc.layers:
+            hidden = layer(hidden, attn_mask)
+        if self.final_norm:
+            hidden = enc.layer_norm(hidden)
+        return hidden, out_lengths
+
+    def feature_params(self) -> dict[str, Any]:
+        e = self.extractor
+        return {"type": "whisper_log_mel", "sample_rate": SAMPLE_RATE, "num_mel_bins": e.feature_size,
+                "n_fft": e.n_fft, "hop_length": e.hop_length, "frame_rate": SAMPLE_RATE // e.hop_length}
+
+
+def build_encoder(cfg: EncoderConfig, seed: int = 0) -> SpeechEncoder:
+    """The configured encoder, frozen and in eval mode. Random weights are seeded."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        if cfg.kind == "seamless_m4t_v2":
+            return SeamlessEncoder(cfg)
+        if cfg.kind == "whisper":
+            return WhisperEncoder(cfg)
+    raise ValueError(f"unknown encoder kind {cfg.kind!r}")

@@ -1,0 +1,187 @@
+"""The speech LLM: frozen encoder -> projector -> LLM (with LoRA), prompts spliced in embedding space."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import AugmentConfig, Config
+from .data import Example
+from .encoder import SpeechEncoder
+from .projector import Projector
+from .prompt import PromptBuilder
+
+IGNORE = -100
+
+# What fills the content slot: projected speech (L, H) or the source text.
+Content = torch.Tensor | str
+
+
+@dataclass
+class Assembled:
+    inputs_embeds: torch.Tensor  # (B, T, H)
+    attention_mask: torch.Tensor  # (B, T)
+    labels: torch.Tensor | None  # (B, T)
+
+
+def pad_sequences(seqs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """List of (T_i, D) -> (B, T, D) zero-padded, and lengths (B,)."""
+    lengths = torch.tensor([s.shape[0] for s in seqs])
+    out = seqs[0].new_zeros(len(seqs), int(lengths.max()), seqs[0].shape[1])
+    for i, s in enumerate(seqs):
+        out[i, : s.shape[0]] = s
+    return out, lengths
+
+
+def mask_frames(hidden: torch.Tensor, lengths: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+    """SpecAugment-style time and feature masking on encoder outputs (zeroed spans)."""
+    hidden = hidden.clone()
+    b, _, d = hidden.shape
+    for i in range(b):
+        n = int(lengths[i])
+        for _ in range(cfg.time_masks):
+            w = int(torch.randint(0, cfg.time_mask_max + 1, (1,), generator=gen))
+            if 0 < w < n:
+                s = int(torch.randint(0, n - w, (1,), generator=gen))
+                hidden[i, s : s + w] = 0
+        for _ in range(cfg.feature_masks):
+            w = int(torch.randint(0, cfg.feature_mask_max + 1, (1,), generator=gen))
+            if 0 < w < d:
+                s = int(torch.randint(0, d - w, (1,), generator=gen))
+                hidden[i, :n, s : s + w] = 0
+    return hidden
+
+
+class SpeechLLM(nn.Module):
+    def __init__(self, cfg: Config, encoder: SpeechEncoder, projector: Projector, llm: nn.Module, tokenizer) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = encoder
+        self.projector = projector
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.prompts = PromptBuilder(tokenizer, cfg.prompt)
+
+    @property
+    def device(self) -> torch.device:
+        return self.projector.outp.weight.device
+
+    def embed_ids(self, ids: Sequence[int]) -> torch.Tensor:
+        emb = self.llm.get_input_embeddings()
+        return emb(torch.tensor(list(ids), dtype=torch.long, device=self.device))
+
+    def encode(self, audios: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        """Waveforms -> encoder hidden states, one (T_i, D) tensor each."""
+        from .cache import encode_audio
+
+        for a in audios:
+            self.encoder.check_duration(len(a), "audio")
+        return encode_audio(self.encoder, audios, self.device)
+
+    def project(
+        self, hidden: Sequence[torch.Tensor], augment: AugmentConfig | None = None, gen: torch.Generator | None = None
+    ) -> list[torch.Tensor]:
+        """Encoder hidden states -> LLM input embeddings, one (L_i, H) tensor each."""
+        padded, lengths = pad_sequences([h.to(self.device) for h in hidden])
+        if augment is not None and gen is not None:
+            padded = mask_frames(padded, lengths, augment, gen)
+        out, out_lengths = self.projector(padded, lengths.to(self.device))
+        return [out[i, : int(n)] for i, n in enumerate(out_lengths)]
+
+    def instruction(self, ex: Example) -> str:
+        return self.prompts.instruction(ex.task, ex.tgt_lang, ex.question)
+
+    def assemble(
+        self,
+        contents: Sequence[Content],
+        instructions: Sequence[str],
+        targets: Sequence[str] | None = None,
+        pad_left: bool = False,
+    ) -> Assembled:
+        """Build padded input embeddings (and labels masked on everything but the answer)."""
+        rows: list[torch.Tensor] = []
+        labels: list[list[int]] = []
+        for i, (content, instruction) in enumerate(zip(contents, instructions, strict=True)):
+            ids = self.prompts.prompt(instruction)
+            body = self.embed_ids(self.prompts.content_ids(content)) if isinstance(content, str) else content
+            emb = self.llm.get_input_embeddings().weight
+            parts = [self.embed_ids(ids.prefix), body.to(emb.dtype), self.embed_ids(ids.suffix)]
+            row_labels = [IGNORE] * (len(ids.prefix) + body.shape[0] + len(ids.suffix))
+            if targets is not None:
+                target = self.prompts.target_ids(targets[i])
+                parts.append(self.embed_ids(target))
+                row_labels += target
+            rows.append(torch.cat(parts))
+            labels.append(row_labels)
+        width = max(r.shape[0] for r in rows)
+        hidden = rows[0].shape[1]
+        embeds = rows[0].new_zeros(len(rows), width, hidden)
+        mask = torch.zeros(len(rows), width, dtype=torch.long, device=self.device)
+        lab = torch.full((len(rows), width), IGNORE, dtype=torch.long, device=self.device)
+        for i, (r, rl) in enumerate(zip(rows, labels, strict=True)):
+            n = r.shape[0]
+            sl = slice(width - n, width) if pad_left else slice(0, n)
+            embeds[i, sl] = r
+            mask[i, sl] = 1
+            lab[i, sl] = torch.tensor(rl, dtype=torch.long, device=self.device)
+        return Assembled(embeds, mask, lab if targets is not None else None)
+
+    def forward(
+        self, examples: Sequence[Example], hidden: Sequence[torch.Tensor] | None = None,
+        gen: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Training loss of a one-modality batch: speech (encoder `hidden` states) or text."""
+        if hidden is not None:
+            augment = self.cfg.train.augment if self.training else None
+            contents: list[Content] = list(self.project(hidden, augment, gen))
+        else:
+            contents = [e.text or "" for e in examples]
+        return self.loss(contents, examples)
+
+    def loss(self, contents: Sequence[Content], examples: Sequence[Example]) -> torch.Tensor:
+        batch = self.assemble(contents, [self.instruction(e) for e in examples], [e.target for e in examples])
+        out = self.llm(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask, labels=batch.labels)
+        return out.loss
+
+    @torch.no_grad()
+    def generate(
+        self,
+        contents: Sequence[Content],
+        instructions: Sequence[str],
+        max_new_tokens: int | None = None,
+        streamer=None,
+    ) -> list[list[int]]:
+        """Greedy decoding; returns the new token ids of each row (stop token excluded)."""
+        batch = self.assemble(contents, instructions, pad_left=True)
+        stop = self.prompts.stop_ids
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else stop[0]
+        out = self.llm.generate(
+            inputs_embeds=batch.inputs_embeds,
+            attention_mask=batch.attention_mask,
+            max_new_tokens=max_new_tokens or self.cfg.prompt.max_new_tokens,
+            do_sample=False,
+            eos_token_id=stop,
+            pad_token_id=pad,
+            streamer=streamer,
+        )
+        rows = []
+        for seq in out.tolist():
+            tokens = []
+            for t in seq:
+                if t in stop:
+                    break
+                tokens.append(t)
+            rows.append(tokens)
+        return rows
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
+
+    def respond(self, audios: Sequence[np.ndarray], instructions: Sequence[str]) -> list[str]:
+        """Audio in, text out: encode, project and decode greedily."""
+        contents = self.project(self.encode(audios))
+        return [self.decode(r) for r in self.generate(contents, instructions)]
