@@ -30,3 +30,12 @@ def tiny_cfg(toy_corpus: Path):
     from tympan.training.config import load_config
 
     return load_config(CONFIGS / "tiny.toml")
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Accelerate keeps one process-wide state (precision, device); each test starts clean."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)

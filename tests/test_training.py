@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tympan.training.checkpoint import new_projector
 from tympan.training.config import (
     Config,
     LLMConfig,
@@ -145,8 +146,9 @@ def test_the_seed_architecture_builds_and_trains_at_tiny_width(toy_corpus, tmp_p
         projector=replace(seed.projector, width=32, heads=4, ffn_size=64),
         llm=LLMConfig(random=RandomLLMConfig(hidden_size=32, layers=2, heads=4, kv_heads=2, ffn_size=64)),
     )
-    cfg = _cfg(cfg, _fixed_batch(toy_corpus, tmp_path, n=2), steps=2, precision="no",
-               gradient_checkpointing=False, grad_accum=2)
+    # The seed's bf16 autocast and gradient checkpointing stay on (they run on a CPU too).
+    assert cfg.train.precision == "bf16" and cfg.train.gradient_checkpointing
+    cfg = _cfg(cfg, _fixed_batch(toy_corpus, tmp_path, n=2), steps=2, grad_accum=2)
     trainer = Trainer(cfg, tmp_path / "run", show_progress=False)
     from transformers.models.seamless_m4t_v2.modeling_seamless_m4t_v2 import SeamlessM4Tv2ConformerEncoder
 
@@ -155,6 +157,10 @@ def test_the_seed_architecture_builds_and_trains_at_tiny_width(toy_corpus, tmp_p
     assert isinstance(trainer.base.llm, LlamaForCausalLM)
     outcomes = trainer.run(["projector", "lora", "joint"])
     assert all(o.final is not None for o in outcomes)
+    for stage in ("projector", "joint"):  # gradients reach the projector through checkpointed layers
+        trained = load_file(str(tmp_path / "run" / stage / "final" / "projector.safetensors"))
+        fresh = new_projector(cfg, trainer.base).state_dict()
+        assert any(not torch.equal(trained[k], fresh[k]) for k in fresh), stage
     adapter = json.loads((tmp_path / "run" / "joint" / "final" / "adapter" / "adapter_config.json").read_text())
     assert set(adapter["target_modules"]) == set(seed.lora.target_modules)
     assert (adapter["r"], adapter["lora_alpha"]) == (8, 16)
@@ -170,3 +176,12 @@ def test_cli_reports_a_bad_manifest_in_one_line(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err
     assert code == 2
     assert f"{bad}:1: missing field 'src_lang'" in err
+
+
+def test_targets_longer_than_the_limit_are_refused_at_load(tiny_cfg, toy_corpus, tmp_path) -> None:
+    manifest = _fixed_batch(toy_corpus, tmp_path)
+    cfg = _cfg(tiny_cfg, manifest, steps=1)
+    cfg = replace(cfg, data=replace(cfg.data, max_target_tokens=1))
+    expected = rf"{manifest}:1: the target of .* tokens long, above data\.max_target_tokens = 1"
+    with pytest.raises(TrainError, match=expected):
+        Trainer(cfg, tmp_path / "run", show_progress=False)

@@ -34,6 +34,7 @@ class Example:
     audio: Path | None = None
     text: str | None = None
     question: str | None = None
+    where: str = ""  # manifest file and line, for error messages
 
     @property
     def is_speech(self) -> bool:
@@ -90,6 +91,7 @@ def _example(obj: object, where: str, base: Path, known_langs: dict[str, set[str
         audio=audio,
         text=obj.get("text"),
         question=obj.get("question"),
+        where=where,
     )
 
 

@@ -124,7 +124,17 @@ class Trainer:
         if not self.train_examples:
             raise TrainError("no training manifests: set data.train in the config or pass --train")
         self.base = self._base()
+        self._check_target_lengths()
         self.cache: EncoderCache | None = None
+
+    def _check_target_lengths(self) -> None:
+        examples = self.train_examples + self.dev_examples
+        limit = self.cfg.data.max_target_tokens
+        ids = self.base.tokenizer([e.target for e in examples], add_special_tokens=False)["input_ids"]
+        for e, tokens in zip(examples, ids, strict=True):
+            if len(tokens) > limit:
+                raise TrainError(f"{e.where}: the target of {e.id!r} is {len(tokens)} tokens long, "
+                                 f"above data.max_target_tokens = {limit}")
 
     def _known_langs(self) -> dict[str, set[str]]:
         from .prompt import INSTRUCTIONS

@@ -7,6 +7,7 @@ not pay for torch.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -33,6 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except (ConfigError, ValueError, RuntimeError, FileNotFoundError) as e:
         # Expected failures (bad config, bad manifest, missing checkpoint): one clear line.
+        # TYMPAN_DEBUG=1 shows the traceback instead.
+        if os.environ.get("TYMPAN_DEBUG"):
+            raise
         print(f"tympan {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
