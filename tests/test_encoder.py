@@ -18,10 +18,11 @@ def _speechlike(seconds: float, seed: int) -> np.ndarray:
     return (0.2 * np.sin(2 * np.pi * 180 * t * (1 + 0.3 * t)) + 0.02 * rng.standard_normal(t.shape)).astype(np.float32)
 
 
+@pytest.mark.parametrize("seconds", [1.0, 1.01])  # even and odd numbers of feature frames
 @pytest.mark.parametrize("kind", ["whisper", "seamless_m4t_v2"])
-def test_both_encoder_kinds_encode_real_lengths_independently_of_batch(kind: str) -> None:
+def test_both_encoder_kinds_encode_real_lengths_independently_of_batch(kind: str, seconds: float) -> None:
     enc = build_encoder(EncoderConfig(kind=kind, random=RANDOM), seed=0)
-    short, long = _speechlike(1.0, 0), _speechlike(2.3, 1)
+    short, long = _speechlike(seconds, 0), _speechlike(2.3, 1)
     feats = [enc.extract_features(a) for a in (short, long)]
     lengths = torch.tensor([f.shape[0] for f in feats])
     batch = torch.zeros(2, int(lengths.max()), feats[0].shape[1])
@@ -44,13 +45,29 @@ def test_whisper_real_length_path_matches_transformers_on_a_full_window() -> Non
     enc = build_encoder(EncoderConfig(kind="whisper", random=RANDOM), seed=0)
     reference = HF(enc.whisper.config).eval()
     reference.load_state_dict(enc.whisper.state_dict(), strict=True)
-    feats = torch.from_numpy(enc.extractor(_speechlike(30.0, 2), sampling_rate=16000, return_tensors="np")
-                             ["input_features"])
+    feats = torch.from_numpy(enc.extract_features(_speechlike(30.0, 2)).T[None].copy())
     with torch.no_grad():
         ours, n = enc(feats.transpose(1, 2), torch.tensor([feats.shape[-1]]))
         theirs = reference(feats).last_hidden_state
     assert int(n[0]) == 1500
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+
+
+def test_seamless_path_matches_transformers_speech_encoder_stack() -> None:
+    from transformers.models.seamless_m4t_v2.modeling_seamless_m4t_v2 import SeamlessM4Tv2SpeechEncoder
+
+    enc = build_encoder(EncoderConfig(kind="seamless_m4t_v2", random=RANDOM), seed=0)
+    reference = SeamlessM4Tv2SpeechEncoder(enc.conformer.config).eval()
+    reference.feature_projection.load_state_dict(enc.feature_projection.state_dict())
+    reference.encoder.load_state_dict(enc.conformer.state_dict())
+    x = torch.randn(2, 60, 160, generator=torch.Generator().manual_seed(0))
+    lengths = torch.tensor([60, 41])
+    mask = (torch.arange(60)[None] < lengths[:, None]).long()
+    with torch.no_grad():
+        ours, _ = enc(x, lengths)
+        theirs = reference.encoder(reference.feature_projection(x), attention_mask=mask)
+    for i, n in enumerate(lengths.tolist()):
+        torch.testing.assert_close(ours[i, :n], theirs[i, :n], atol=1e-5, rtol=1e-4)
 
 
 def test_layer_selection_truncates_the_stack() -> None:

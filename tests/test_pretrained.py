@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -12,7 +11,8 @@ import torch
 
 from tympan.training.checkpoint import build_base, load_checkpoint
 from tympan.training.config import EncoderConfig, LLMConfig, load_config, replace
-from tympan.training.encoder import build_encoder
+from tympan.training.encoder import EncoderLoadError, build_encoder
+from tympan.training.llm import LLMLoadError
 from tympan.training.trainer import Trainer
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -87,7 +87,22 @@ def test_pretrained_parts_by_local_path_and_by_cached_model_id_train_and_reload(
     final = outcomes[-1].final
     assert final is not None
     # Pretrained weights are referenced, not copied: base/ holds only the tokenizer.
-    assert sorted(p.name for p in (final / "base").iterdir()) == ["tokenizer"]
+    assert sorted(p.name for p in (final / "base").iterdir()) == ["parts.json", "tokenizer"]
     model = load_checkpoint(final)
     assert model.llm.get_base_model().config.hidden_size == 64
-    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    # An id that is not in the local cache is a clear error, never a download.
+    with pytest.raises(LLMLoadError, match=r"cannot load llm\.checkpoint = 'tympan-test/absent'"):
+        build_base(replace(cfg, llm=LLMConfig(checkpoint="tympan-test/absent")))
+    with pytest.raises(EncoderLoadError, match=r"cannot load encoder\.checkpoint = 'tympan-test/absent'"):
+        build_encoder(replace(cfg.encoder, checkpoint="tympan-test/absent"))
+
+
+def test_a_base_built_for_other_settings_is_not_reused(tiny_cfg, toy_corpus: Path, tmp_path: Path) -> None:
+    from tympan.training.trainer import TrainError
+
+    manifest = toy_corpus / "dev.jsonl"
+    cfg = replace(tiny_cfg, data=replace(tiny_cfg.data, train=[str(manifest)], dev=[]))
+    Trainer(cfg, tmp_path / "run", show_progress=False)
+    wider = replace(cfg, llm=replace(cfg.llm, random=replace(cfg.llm.random, hidden_size=128)))
+    with pytest.raises(TrainError, match=r"llm.random.hidden_size = 64 there, 128 in this config"):
+        Trainer(wider, tmp_path / "run", show_progress=False)

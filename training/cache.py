@@ -54,7 +54,7 @@ def encode_audio(encoder: SpeechEncoder, audios: Sequence[np.ndarray], device: t
 class EncoderCache:
     def __init__(self, root: Path, encoder: SpeechEncoder, dtype: str = "float32") -> None:
         self.encoder = encoder
-        self.dir = root / "encoder" / f"{encoder.kind}-{encoder.fingerprint()}"
+        self.dir = root / "encoder" / f"{encoder.kind}-{encoder.fingerprint()}-{dtype}"
         self.dtype = np.float16 if dtype == "float16" else np.float32
         self._keys: dict[Path, str] = {}
 
@@ -80,6 +80,8 @@ class EncoderCache:
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         with open(tmp, "wb") as f:
             np.save(f, hidden.numpy().astype(self.dtype))
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
 
     def fill(

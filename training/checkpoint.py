@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tympan import __version__
-from tympan.config import ConfigError, dump_toml
+from tympan.config import ConfigError, dump_toml, to_dict
 
 from .config import Config, config_from_dict
 from .encoder import SpeechEncoder, build_encoder
@@ -80,8 +80,35 @@ def build_base(cfg: Config, texts: Iterable[str] = ()) -> Base:
     return Base(encoder, llm, tokenizer)
 
 
+def base_identity(cfg: Config) -> dict[str, Any]:
+    """The config keys that decide the base weights: a base built for others must not be reused."""
+    return {"seed": cfg.seed, "encoder": to_dict(cfg.encoder), "llm": to_dict(cfg.llm)}
+
+
+def first_difference(old: Any, new: Any, prefix: str = "") -> str | None:
+    """The first dotted key whose value differs between two nested dicts, described."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            found = first_difference(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else key)
+            if found:
+                return found
+        return None
+    return None if old == new else f"{prefix} = {old!r} there, {new!r} in this config"
+
+
+def check_base(path: Path, cfg: Config) -> None:
+    """Refuse a saved base built from other encoder/LLM settings than `cfg`'s."""
+    file = path / "parts.json"
+    if not file.is_file():
+        raise CheckpointError(f"{path}: parts.json is missing (not a tympan base directory)")
+    diff = first_difference(json.loads(file.read_text(encoding="utf-8")), base_identity(cfg))
+    if diff:
+        raise CheckpointError(f"{path} was built with other base settings ({diff}); use another output directory")
+
+
 def save_base(path: Path, cfg: Config, base: Base) -> None:
     path.mkdir(parents=True, exist_ok=True)
+    (path / "parts.json").write_text(json.dumps(base_identity(cfg), indent=2) + "\n", encoding="utf-8")
     base.tokenizer.save_pretrained(str(path / "tokenizer"))
     if not cfg.encoder.checkpoint:
         save_file({k: v.contiguous() for k, v in base.encoder.state_dict().items()}, str(path / "encoder.safetensors"))
@@ -149,8 +176,17 @@ def _atomic_dir(path: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
 
 
+def _fsync_tree(root: Path) -> None:
+    """Flush every file to disk before the rename that makes the directory visible."""
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+
+
 def _commit_dir(tmp: Path, path: Path) -> None:
     """Replace `path` by `tmp` so that `path` is always either absent, old or complete."""
+    _fsync_tree(tmp)
     if path.exists():
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
         os.replace(path, old)

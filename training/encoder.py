@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from tympan.features import FeatureExtractor, SeamlessFbank, WhisperLogMel
+
 from .config import EncoderConfig
 
 SAMPLE_RATE = 16000
@@ -37,9 +39,12 @@ class SpeechEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
 
+    features: FeatureExtractor
+
     def extract_features(self, audio: np.ndarray) -> np.ndarray:
-        """Mono float32 audio at `sample_rate` -> features (time, feature_dim)."""
-        raise NotImplementedError
+        """Mono float32 audio at `sample_rate` -> features (time, feature_dim), numpy only
+        (tympan.features: the same code computes them on a serving host without torch)."""
+        return self.features(audio)
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -49,8 +54,8 @@ class SpeechEncoder(nn.Module):
         raise NotImplementedError
 
     def feature_params(self) -> dict[str, Any]:
-        """What a feature extractor needs to reproduce `extract_features` (for the bundle)."""
-        raise NotImplementedError
+        """What `tympan.features.feature_extractor` needs to rebuild `extract_features`."""
+        return self.features.params
 
     def fingerprint(self) -> str:
         """Identifies the encoder's outputs: kind, layer, feature params and weights."""
@@ -76,36 +81,54 @@ def _padding_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
 
 
 def _checkpoint_identity(checkpoint: str) -> str:
-    """Cheap identity of a checkpoint: its name plus size and mtime of local weight files."""
-    path = Path(checkpoint)
-    if not path.is_dir():
-        return checkpoint
+    """Cheap identity of a checkpoint: where it resolves to, plus size and mtime of its files."""
+    path = _local_dir(checkpoint)
     stats = [
         f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}"
         for p in sorted(path.glob("*"))
         if p.suffix in (".safetensors", ".bin", ".json")
     ]
-    return checkpoint + "|" + ",".join(stats)
+    return str(path.resolve()) + "|" + ",".join(stats)
+
+
+def _pretrained_config(config_class: Any, checkpoint: str) -> Any:
+    try:
+        # Never download: a model id must already be in the local Hugging Face cache.
+        return config_class.from_pretrained(checkpoint, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise EncoderLoadError(f"cannot load encoder.checkpoint = {checkpoint!r}: {e}") from None
+
+
+def _local_dir(checkpoint: str) -> Path:
+    """A local directory as is; a model id resolved to its snapshot in the local HF cache."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        return path
+    from transformers.utils import cached_file
+
+    try:
+        config = cached_file(checkpoint, "config.json", local_files_only=True)
+    except OSError as e:
+        raise EncoderLoadError(f"cannot load encoder.checkpoint = {checkpoint!r}: {e}") from None
+    if not config:
+        raise EncoderLoadError(f"encoder.checkpoint = {checkpoint!r}: no config.json in the local HF cache")
+    return Path(config).parent
 
 
 def _weight_files(checkpoint: str) -> list[Path]:
-    """The safetensors files of a local directory or of a model id already in the local HF cache."""
-    path = Path(checkpoint)
-    if path.is_dir():
+    """The safetensors files of a local directory or of a model id in the local HF cache."""
+    path = _local_dir(checkpoint)
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        files = [path / n for n in names]
+    else:
         files = sorted(path.glob("*.safetensors"))
-        if not files:
-            raise EncoderLoadError(f"{checkpoint}: no *.safetensors files in this directory")
-        return files
-    from transformers.utils import cached_file
-
-    index = cached_file(checkpoint, "model.safetensors.index.json", _raise_exceptions_for_missing_entries=False)
-    if index:
-        names = sorted(set(json.loads(Path(index).read_text())["weight_map"].values()))
-        return [Path(cached_file(checkpoint, n)) for n in names]
-    single = cached_file(checkpoint, "model.safetensors", _raise_exceptions_for_missing_entries=False)
-    if not single:
-        raise EncoderLoadError(f"{checkpoint}: no safetensors weights found (local directory or HF cache)")
-    return [Path(single)]
+    missing = [f for f in files if not f.is_file()]
+    if not files or missing:
+        what = f"{missing[0].name} is missing" if missing else "no *.safetensors files"
+        raise EncoderLoadError(f"encoder.checkpoint = {checkpoint!r}: {what} in {path}")
+    return files
 
 
 def load_submodule_weights(module: nn.Module, checkpoint: str, prefixes: tuple[str, ...]) -> None:
@@ -153,11 +176,11 @@ class SeamlessEncoder(SpeechEncoder):
 
     def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__(cfg)
-        from transformers import SeamlessM4TFeatureExtractor, SeamlessM4Tv2Config
+        from transformers import SeamlessM4Tv2Config
         from transformers.models.seamless_m4t_v2.modeling_seamless_m4t_v2 import SeamlessM4Tv2SpeechEncoder
 
         if cfg.checkpoint:
-            config = SeamlessM4Tv2Config.from_pretrained(cfg.checkpoint)
+            config = _pretrained_config(SeamlessM4Tv2Config, cfg.checkpoint)
         else:
             r = cfg.random
             assert r is not None
@@ -186,15 +209,9 @@ class SeamlessEncoder(SpeechEncoder):
         self.feature_projection = encoder.feature_projection
         self.conformer = encoder.encoder
         self.output_dim = config.hidden_size
-        self.extractor = SeamlessM4TFeatureExtractor(
-            feature_size=80, num_mel_bins=80, sampling_rate=SAMPLE_RATE, stride=2
-        )
+        self.features = SeamlessFbank(num_mel_bins=80, sample_rate=SAMPLE_RATE, stride=2)
         self.requires_grad_(False)
         self.eval()
-
-    def extract_features(self, audio: np.ndarray) -> np.ndarray:
-        out = self.extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="np")
-        return out["input_features"][0].astype(np.float32)
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         return lengths
@@ -213,9 +230,6 @@ class SeamlessEncoder(SpeechEncoder):
             hidden = self.conformer.layer_norm(hidden)
         return hidden, lengths
 
-    def feature_params(self) -> dict[str, Any]:
-        return {"type": "seamless_fbank", "sample_rate": SAMPLE_RATE, "num_mel_bins": 80, "stride": 2,
-                "frame_rate": 100, "normalize": "utterance_mean_var"}
 
 
 class WhisperEncoder(SpeechEncoder):
@@ -226,11 +240,11 @@ class WhisperEncoder(SpeechEncoder):
 
     def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__(cfg)
-        from transformers import WhisperConfig, WhisperFeatureExtractor
+        from transformers import WhisperConfig
         from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhisperEncoder
 
         if cfg.checkpoint:
-            config = WhisperConfig.from_pretrained(cfg.checkpoint)
+            config = _pretrained_config(WhisperConfig, cfg.checkpoint)
         else:
             r = cfg.random
             assert r is not None
@@ -264,13 +278,9 @@ class WhisperEncoder(SpeechEncoder):
         self.whisper = encoder
         self.output_dim = config.d_model
         self.max_frames = config.max_source_positions
-        self.extractor = WhisperFeatureExtractor(feature_size=config.num_mel_bins, sampling_rate=SAMPLE_RATE)
+        self.features = WhisperLogMel(num_mel_bins=config.num_mel_bins, sample_rate=SAMPLE_RATE)
         self.requires_grad_(False)
         self.eval()
-
-    def extract_features(self, audio: np.ndarray) -> np.ndarray:
-        out = self.extractor(audio, sampling_rate=SAMPLE_RATE, padding="longest", return_tensors="np")
-        return out["input_features"][0].T.astype(np.float32)
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         return (lengths - 1) // 2 + 1
@@ -278,6 +288,9 @@ class WhisperEncoder(SpeechEncoder):
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         enc = self.whisper
         x = nn.functional.gelu(enc.conv1(features.transpose(1, 2)))
+        # conv1 is not zero on padding (gelu(bias)); conv2 would read it into the last real
+        # frame of odd-length inputs, making outputs depend on the rest of the batch.
+        x = x * _padding_mask(lengths, x.shape[-1])[:, None, :].to(x.dtype)
         x = nn.functional.gelu(enc.conv2(x)).transpose(1, 2)
         out_lengths = self.output_lengths(lengths)
         t = x.shape[1]
@@ -294,10 +307,6 @@ class WhisperEncoder(SpeechEncoder):
             hidden = enc.layer_norm(hidden)
         return hidden, out_lengths
 
-    def feature_params(self) -> dict[str, Any]:
-        e = self.extractor
-        return {"type": "whisper_log_mel", "sample_rate": SAMPLE_RATE, "num_mel_bins": e.feature_size,
-                "n_fft": e.n_fft, "hop_length": e.hop_length, "frame_rate": SAMPLE_RATE // e.hop_length}
 
 
 def build_encoder(cfg: EncoderConfig, seed: int = 0) -> SpeechEncoder:

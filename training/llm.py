@@ -73,7 +73,10 @@ def load_pretrained(cfg: LLMConfig, dtype: torch.dtype = torch.float32):
     """(model, tokenizer) from a model id (local HF cache) or a local directory, optionally GGUF."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kwargs = {"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}
+    # Never download: a model id must already be in the local Hugging Face cache.
+    kwargs: dict = {"local_files_only": True}
+    if cfg.gguf_file:
+        kwargs["gguf_file"] = cfg.gguf_file
     try:
         tokenizer = AutoTokenizer.from_pretrained(cfg.checkpoint, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(cfg.checkpoint, dtype=dtype, **kwargs)

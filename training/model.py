@@ -46,12 +46,12 @@ def mask_frames(hidden: torch.Tensor, lengths: torch.Tensor, cfg: AugmentConfig,
         for _ in range(cfg.time_masks):
             w = int(torch.randint(0, cfg.time_mask_max + 1, (1,), generator=gen))
             if 0 < w < n:
-                s = int(torch.randint(0, n - w, (1,), generator=gen))
+                s = int(torch.randint(0, n - w + 1, (1,), generator=gen))
                 hidden[i, s : s + w] = 0
         for _ in range(cfg.feature_masks):
             w = int(torch.randint(0, cfg.feature_mask_max + 1, (1,), generator=gen))
             if 0 < w < d:
-                s = int(torch.randint(0, d - w, (1,), generator=gen))
+                s = int(torch.randint(0, d - w + 1, (1,), generator=gen))
                 hidden[i, :n, s : s + w] = 0
     return hidden
 
@@ -134,18 +134,30 @@ class SpeechLLM(nn.Module):
         self, examples: Sequence[Example], hidden: Sequence[torch.Tensor] | None = None,
         gen: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Training loss of a one-modality batch: speech (encoder `hidden` states) or text."""
+        """Summed token loss of a one-modality batch: speech (encoder `hidden` states) or text.
+
+        A sum, not a mean: the trainer divides by the target tokens of the whole optimizer
+        step, so every answer token weighs the same whatever batch it came in.
+        """
         if hidden is not None:
             augment = self.cfg.train.augment if self.training else None
             contents: list[Content] = list(self.project(hidden, augment, gen))
         else:
             contents = [e.text or "" for e in examples]
-        return self.loss(contents, examples)
+        return self.loss_sum(contents, examples)
 
-    def loss(self, contents: Sequence[Content], examples: Sequence[Example]) -> torch.Tensor:
+    def target_tokens(self, examples: Sequence[Example]) -> int:
+        """How many tokens the loss is taken over (answers and their end-of-turn tokens)."""
+        return sum(len(self.prompts.target_ids(e.target)) for e in examples)
+
+    def loss_sum(self, contents: Sequence[Content], examples: Sequence[Example]) -> torch.Tensor:
         batch = self.assemble(contents, [self.instruction(e) for e in examples], [e.target for e in examples])
-        out = self.llm(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask, labels=batch.labels)
-        return out.loss
+        assert batch.labels is not None
+        logits = self.llm(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask).logits
+        # Position t predicts token t+1.
+        return torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(), batch.labels[:, 1:].flatten(), ignore_index=IGNORE, reduction="sum"
+        )
 
     @torch.no_grad()
     def generate(

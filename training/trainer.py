@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -27,14 +28,18 @@ import numpy as np
 import torch
 
 from tympan.audio import load_audio
-from tympan.config import tympan_home
+from tympan.config import to_dict, tympan_home
 
 from .cache import EncoderCache
 from .checkpoint import (
     Base,
+    CheckpointError,
     assemble_model,
     build_base,
+    check_base,
+    first_difference,
     load_base,
+    read_config,
     read_meta,
     save_base,
     save_checkpoint,
@@ -73,26 +78,32 @@ def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
     return f
 
 
-def _rng_state() -> dict[str, Any]:
+def _rng_state(device: torch.device) -> dict[str, Any]:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def _truncate_log(log: Path, step: int) -> None:
     """Drop log lines past `step` (written by a run that stopped before its next checkpoint)."""
     if not log.is_file():
         return
-    kept = [line for line in log.read_text(encoding="utf-8").splitlines() if json.loads(line)["step"] <= step]
+    kept = []
+    for line in log.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a line cut short by a crash
     log.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
@@ -117,7 +128,21 @@ class Trainer:
         self.out = Path(out)
         # Text batches leave the projector unused; DDP must be told.
         ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-        self.acc = accelerator or Accelerator(mixed_precision=cfg.train.precision, kwargs_handlers=[ddp])
+        # cpu=True on a CPU-only host: without it, Accelerate ignores a torchrun process group
+        # and every process would train alone.
+        self.acc = accelerator or Accelerator(mixed_precision=cfg.train.precision, kwargs_handlers=[ddp],
+                                              cpu=not torch.cuda.is_available())
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world != self.acc.num_processes:
+            raise TrainError(f"launched as {world} processes but Accelerate sees {self.acc.num_processes}")
+        from accelerate.utils import DistributedType
+
+        if self.acc.distributed_type not in (DistributedType.NO, DistributedType.MULTI_GPU,
+                                             DistributedType.MULTI_CPU):
+            raise TrainError(
+                f"distributed type {self.acc.distributed_type} is not supported: use data parallel "
+                "(configs/accelerate/ddp.yaml). LoRA + projector on Llama-3.1-8B in bf16 fit one 80 GB GPU."
+            )
         self.show_progress = show_progress
         self.train_examples = load_manifests([resolve_manifest(cfg, p) for p in cfg.data.train], self._known_langs())
         self.dev_examples = load_manifests([resolve_manifest(cfg, p) for p in cfg.data.dev], self._known_langs())
@@ -151,6 +176,10 @@ class Trainer:
     def _base(self) -> Base:
         """Load OUT/base if a previous stage or run wrote it, else build and write it."""
         if (self.base_dir / "tokenizer").is_dir():
+            try:
+                check_base(self.base_dir, self.cfg)
+            except CheckpointError as e:
+                raise TrainError(str(e)) from None
             return load_base(self.base_dir, self.cfg)
         texts = [t for e in self.train_examples for t in (e.target, e.text, e.question) if t]
         base = build_base(self.cfg, texts)
@@ -200,6 +229,14 @@ class Trainer:
                 raise TrainError(f"joint stage needs a finished {part} stage: {e}") from None
             if part not in meta["trained"]:
                 raise TrainError(f"{p}: this checkpoint has no trained {part}")
+            try:
+                check_base(p / "base", self.cfg)
+            except CheckpointError as e:
+                raise TrainError(f"{part} checkpoint {p}: {e}") from None
+            if part == "projector":
+                diff = first_difference(to_dict(read_config(p).projector), to_dict(self.cfg.projector), "projector")
+                if diff:
+                    raise TrainError(f"projector checkpoint {p} has another projector ({diff})")
             paths.append(p)
         return paths[0], paths[1]
 
@@ -270,15 +307,19 @@ class Trainer:
         log = stage_dir / "log.jsonl"
         if resume is not None:
             state = torch.load(resume / "trainer_state.pt", weights_only=False)
+            if len(state["rng"]) != acc.num_processes:
+                raise TrainError(f"{resume} was written by {len(state['rng'])} processes; resume it with as many "
+                                 f"(this run has {acc.num_processes})")
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
-            _set_rng_state(state["rng"])
+            _set_rng_state(state["rng"][acc.process_index], acc.device)
             step = state["step"]
             if acc.is_main_process:
                 _truncate_log(log, step)
             acc.print(f"[{stage}] resuming from {resume} (step {step})")
         else:
-            torch.manual_seed(cfg.seed)
+            # Each process draws its own dropout and masking noise.
+            torch.manual_seed(cfg.seed + acc.process_index)
 
         prepared, optimizer = acc.prepare(model, optimizer)
         unwrapped: SpeechLLM = acc.unwrap_model(prepared)
@@ -292,11 +333,14 @@ class Trainer:
             next(stream)
 
         def save(path: Path, with_state: bool) -> None:
+            from accelerate.utils import gather_object
+
+            rng = gather_object([_rng_state(acc.device)]) if with_state else None
             if acc.is_main_process:
                 state = None
                 if with_state:
                     state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                             "rng": _rng_state(), "step": step}
+                             "rng": rng, "step": step}
                 save_checkpoint(path, unwrapped, stage=stage, step=step, trained=trained,
                                 base_dir=self.base_dir, trainer_state=state)
             acc.wait_for_everyone()
@@ -314,6 +358,10 @@ class Trainer:
             n_examples = 0
             loss_sum = 0.0
             batches = [next(stream) for _ in range(micro_per_step)][acc.process_index :: acc.num_processes]
+            # Mean over the answer tokens of the whole step, all processes (DDP averages gradients).
+            local_tokens = sum(unwrapped.target_tokens(b.examples) for b in batches)
+            step_tokens = float(acc.reduce(torch.tensor(float(local_tokens), device=acc.device), reduction="sum"))
+            scale = acc.num_processes / step_tokens
             for i, batch in enumerate(batches):
                 examples = list(batch.examples)
                 n_examples += len(examples)
@@ -322,23 +370,23 @@ class Trainer:
                 sync = i == len(batches) - 1
                 ctx = acc.no_sync(prepared) if not sync else nullcontext()
                 with ctx, acc.autocast():
-                    loss = prepared(examples, hidden=hidden, gen=gen) / len(batches)
-                    acc.backward(loss)
-                loss_sum += float(loss.detach())
+                    summed = prepared(examples, hidden=hidden, gen=gen)
+                    acc.backward(summed * scale)
+                loss_sum += float(summed.detach())
             if cfg.train.max_grad_norm > 0:
                 acc.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.train.max_grad_norm)
             optimizer.step()
+            lrs = {f"lr_{g['name']}": optimizer.param_groups[j]["lr"] for j, g in enumerate(groups)}
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            last_loss = float(acc.reduce(torch.tensor(loss_sum, device=acc.device), reduction="mean"))
+            last_loss = float(acc.reduce(torch.tensor(loss_sum, device=acc.device), reduction="sum")) / step_tokens
             rate = n_examples * acc.num_processes / (time.perf_counter() - step_start)
             bar.update(1)
             bar.set_postfix(loss=f"{last_loss:.3f}", ex_s=f"{rate:.1f}")
             if acc.is_main_process and (step % cfg.train.log_every == 0 or step == stop_at):
                 entry = {"stage": stage, "step": step, "loss": round(last_loss, 6), "examples_per_s": round(rate, 2),
-                         "elapsed_s": round(time.perf_counter() - t0, 2),
-                         **{f"lr_{g['name']}": optimizer.param_groups[j]["lr"] for j, g in enumerate(groups)}}
+                         "elapsed_s": round(time.perf_counter() - t0, 2), **lrs}
                 with open(log, "a", encoding="utf-8") as f:
                     f.write(json.dumps(entry) + "\n")
             if cfg.train.eval_every and step % cfg.train.eval_every == 0 and (dev_speech or dev_text):
@@ -378,10 +426,11 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate_loss(self, model: SpeechLLM, examples: Sequence[Example]) -> float:
-        """Mean per-example loss on `examples`, without dropout or augmentation."""
+        """Mean loss per answer token on `examples`, without dropout or augmentation."""
         was_training = model.training
         model.eval()
         total = 0.0
+        tokens = 0
         bs = self.cfg.train.batch_size
         for i in range(0, len(examples), bs):
             chunk = list(examples[i : i + bs])
@@ -389,10 +438,11 @@ class Trainer:
                 part = [e for e in chunk if e.is_speech == modality]
                 if part:
                     hidden = self._hidden(model, part) if modality else None
-                    total += float(model(part, hidden=hidden)) * len(part)
+                    total += float(model(part, hidden=hidden))
+                    tokens += model.target_tokens(part)
         model.train(was_training)
         model.encoder.eval()
-        return total / max(1, len(examples))
+        return total / max(1, tokens)
 
 
 def train(cfg: Config, stage: str, out: Path, *, until_step: int | None = None,
