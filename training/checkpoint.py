@@ -1,7 +1,7 @@
 """Building the model from a config, and checkpoints: save (atomically) and load.
 
 A checkpoint directory:
-  checkpoint.json        format, stage, step, which parts are trained
+  checkpoint.json        format, stage, step, which parts are trained, tasks -> target languages seen
   config.toml            the config it was trained with
   base/                  tokenizer/, plus the weights of randomly initialised parts
                          (encoder.safetensors, llm/) that no checkpoint id can restore
@@ -205,6 +205,7 @@ def save_checkpoint(
     trained: list[str],
     base_dir: Path,
     trainer_state: dict[str, Any] | None = None,
+    tasks: dict[str, list[str]] | None = None,
 ) -> None:
     tmp = _atomic_dir(path)
     try:
@@ -217,7 +218,8 @@ def save_checkpoint(
             model.llm.save_pretrained(str(tmp / "adapter"))
         if trainer_state is not None:
             torch.save(trainer_state, tmp / "trainer_state.pt")
-        meta = {"format": FORMAT, "tympan_version": __version__, "stage": stage, "step": step, "trained": trained}
+        meta = {"format": FORMAT, "tympan_version": __version__, "stage": stage, "step": step, "trained": trained,
+                "tasks": tasks or {}}
         # Written last: a directory without it is never taken for a checkpoint.
         (tmp / "checkpoint.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         _commit_dir(tmp, path)

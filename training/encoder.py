@@ -80,6 +80,15 @@ def _padding_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
+def _key_mask(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive attention mask (batch, 1, 1, keys): 0 on real frames, very negative on padding.
+
+    Built here rather than by transformers' mask helpers, whose shortcuts branch on the data
+    (no mask when nothing is padded) and would be frozen into an ONNX trace.
+    """
+    return (~valid)[:, None, None, :].to(dtype) * torch.finfo(dtype).min
+
+
 def _checkpoint_identity(checkpoint: str) -> str:
     """Cheap identity of a checkpoint: where it resolves to, plus size and mtime of its files."""
     path = _local_dir(checkpoint)
@@ -220,9 +229,7 @@ class SeamlessEncoder(SpeechEncoder):
         mask = _padding_mask(lengths, features.shape[1])
         hidden = self.feature_projection(features)
         hidden = hidden.masked_fill(~mask[..., None], 0.0)
-        from transformers.masking_utils import create_bidirectional_mask
-
-        attn_mask = create_bidirectional_mask(config=self.conformer.config, inputs_embeds=hidden, attention_mask=mask)
+        attn_mask = _key_mask(mask, hidden.dtype)
         hidden = self.conformer.dropout(hidden)
         for layer in self.conformer.layers:
             hidden = layer(hidden, attention_mask=attn_mask, conv_attention_mask=mask)
@@ -293,14 +300,10 @@ class WhisperEncoder(SpeechEncoder):
         x = x * _padding_mask(lengths, x.shape[-1])[:, None, :].to(x.dtype)
         x = nn.functional.gelu(enc.conv2(x)).transpose(1, 2)
         out_lengths = self.output_lengths(lengths)
-        t = x.shape[1]
-        if t > self.max_frames:
-            raise ValueError(f"{t} encoder frames exceed Whisper's {self.max_frames} positions (30 s)")
-        hidden = x + enc.embed_positions.weight[:t]
-        mask = _padding_mask(out_lengths, t)
-        from transformers.masking_utils import create_bidirectional_mask
-
-        attn_mask = create_bidirectional_mask(config=enc.config, inputs_embeds=hidden, attention_mask=mask)
+        if not torch.jit.is_tracing() and x.shape[1] > self.max_frames:
+            raise ValueError(f"{x.shape[1]} encoder frames exceed Whisper's {self.max_frames} positions (30 s)")
+        hidden = x + enc.embed_positions.weight[: x.shape[1]]
+        attn_mask = _key_mask(_padding_mask(out_lengths, hidden.shape[1]), hidden.dtype)
         for layer in enc.layers:
             hidden = layer(hidden, attn_mask)
         if self.final_norm:

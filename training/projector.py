@@ -14,16 +14,16 @@ from .config import ProjectorConfig
 
 
 def average_frames(x: torch.Tensor, lengths: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Average every `k` frames, ignoring padding: (B, T, D) -> (B, ceil(T/k), D)."""
-    b, t, d = x.shape
-    pad = (-t) % k
-    mask = (torch.arange(t, device=x.device)[None, :] < lengths[:, None]).to(x.dtype)
-    x = F.pad(x * mask[..., None], (0, 0, 0, pad))
-    mask = F.pad(mask, (0, pad))
-    sums = x.reshape(b, -1, k, d).sum(dim=2)
-    counts = mask.reshape(b, -1, k).sum(dim=2).clamp(min=1.0)
+    """Average every `k` frames, ignoring padding: (B, T, D) -> (B, ceil(T/k), D).
+
+    Pooled sums of the masked frames over pooled counts of real frames: whatever divisor the
+    pooling uses cancels, and no Python arithmetic on shapes ends up frozen in an ONNX trace.
+    """
+    mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]).to(x.dtype)
+    pooled = F.avg_pool1d((x * mask[..., None]).transpose(1, 2), k, k, ceil_mode=True).transpose(1, 2)
+    counts = F.avg_pool1d(mask[:, None, :], k, k, ceil_mode=True).transpose(1, 2)
     out_lengths = torch.div(lengths + k - 1, k, rounding_mode="floor")
-    return sums / counts[..., None], out_lengths
+    return pooled / counts.clamp(min=torch.finfo(x.dtype).tiny), out_lengths
 
 
 class Block(nn.Module):
@@ -43,11 +43,11 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
         q, k, v = self.qkv(self.norm1(x)).split(d, dim=-1)
-        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
+        q, k, v = (z.reshape(b, t, self.heads, -1).transpose(1, 2) for z in (q, k, v))
         a = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.attn_dropout if self.training else 0.0
         )
-        x = x + self.dropout(self.out(a.transpose(1, 2).reshape(b, t, d)))
+        x = x + self.dropout(self.out(a.transpose(1, 2).reshape(b, t, -1)))
         return x + self.dropout(self.ffn(self.norm2(x)))
 
 

@@ -9,29 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tympan.instructions import INSTRUCTIONS, PromptError, format_instruction, merged_templates
+
 from .config import PromptConfig
+
+__all__ = ["CLOSE", "INSTRUCTIONS", "OPEN", "SLOT", "PromptBuilder", "PromptError", "PromptIds"]
 
 SLOT = "\u0000SLOT\u0000"
 OPEN, CLOSE = "<speech>", "</speech>"
-
-INSTRUCTIONS: dict[str, dict[str, str]] = {
-    "asr": {"en": "Transcribe what is said."},
-    "st": {
-        "de": "Übersetze das Gesagte ins Deutsche.",
-        "it": "Traduci in italiano ciò che viene detto.",
-        "zh": "将所说的内容翻译成中文。",
-    },
-    "sqa": {
-        "en": "Answer the question: {question}",
-        "de": "Beantworte die Frage auf Deutsch: {question}",
-        "it": "Rispondi alla domanda in italiano: {question}",
-        "zh": "用中文回答问题：{question}",
-    },
-}
-
-
-class PromptError(ValueError):
-    """No instruction exists for a task and language, or a question is missing."""
 
 
 @dataclass(frozen=True)
@@ -44,9 +29,7 @@ class PromptBuilder:
     def __init__(self, tokenizer, cfg: PromptConfig) -> None:
         self.tokenizer = tokenizer
         self.cfg = cfg
-        self.templates = {task: dict(langs) for task, langs in INSTRUCTIONS.items()}
-        for task, langs in cfg.instructions.items():
-            self.templates.setdefault(task, {}).update(langs)
+        self.templates = merged_templates(cfg.instructions)
         self.end_ids = self._end_of_turn_ids()
         self._cache: dict[str, PromptIds] = {}
 
@@ -54,15 +37,7 @@ class PromptBuilder:
         return sorted(self.templates.get(task, {}))
 
     def instruction(self, task: str, tgt_lang: str, question: str | None = None) -> str:
-        template = self.templates.get(task, {}).get(tgt_lang)
-        if template is None:
-            known = ", ".join(self.languages(task)) or "none"
-            raise PromptError(f"no instruction for task {task!r} into {tgt_lang!r} (known: {known})")
-        if task == "sqa":
-            if not question:
-                raise PromptError("task 'sqa' needs a question")
-            return template.format(question=question)
-        return template
+        return format_instruction(self.templates, task, tgt_lang, question)
 
     def _render(self, messages: list[dict[str, str]], generation_prompt: bool) -> str:
         return self.tokenizer.apply_chat_template(
@@ -84,6 +59,19 @@ class PromptBuilder:
         if len(self._cache) < 4096:
             self._cache[instruction] = ids
         return ids
+
+    def frame(self) -> dict[str, str]:
+        """The rendered chat template as text around the content slot and the instruction.
+
+        prompt text = before_content + CONTENT + between + INSTRUCTION + after_instruction;
+        a serving host rebuilds `prompt()` from these strings with the tokenizer alone.
+        """
+        marker = "\u0002INSTRUCTION\u0002"
+        messages = [{"role": "system", "content": self.cfg.system}] if self.cfg.system else []
+        messages.append({"role": "user", "content": f"{OPEN}{SLOT}{CLOSE}\n{marker}"})
+        before, after = self._render(messages, generation_prompt=True).split(SLOT)
+        between, after_instruction = after.split(marker)
+        return {"before_content": before, "between": between, "after_instruction": after_instruction}
 
     def content_ids(self, text: str) -> list[int]:
         return self._encode(text)

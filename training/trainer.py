@@ -324,6 +324,12 @@ class Trainer:
         prepared, optimizer = acc.prepare(model, optimizer)
         unwrapped: SpeechLLM = acc.unwrap_model(prepared)
         trained = [p for p, on in (("projector", trains_projector), ("lora", trains_lora)) if on]
+        tasks: dict[str, list[str]] = {}
+        for e in [*speech, *text]:
+            tasks.setdefault(e.task, [])
+            if e.tgt_lang not in tasks[e.task]:
+                tasks[e.task].append(e.tgt_lang)
+        tasks = {t: sorted(langs) for t, langs in sorted(tasks.items())}
 
         micro_per_step = cfg.train.grad_accum * acc.num_processes
         # Paired MT batches train only LoRA: they belong to the joint stage.
@@ -342,7 +348,7 @@ class Trainer:
                     state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                              "rng": rng, "step": step}
                 save_checkpoint(path, unwrapped, stage=stage, step=step, trained=trained,
-                                base_dir=self.base_dir, trainer_state=state)
+                                base_dir=self.base_dir, trainer_state=state, tasks=tasks)
             acc.wait_for_everyone()
 
         from tqdm import tqdm

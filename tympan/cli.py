@@ -16,6 +16,8 @@ from tympan.config import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tympan.daemon import cli as daemon_cli
+    from tympan.export import cli as export_cli
     from tympan.training import cli as training_cli
 
     parser = argparse.ArgumentParser(
@@ -24,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tympan {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     training_cli.register(sub)
+    export_cli.register(sub)
+    daemon_cli.register(sub)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""tympan.daemon: serving from an exported bundle (no training code, no torch for the encoder)."""

@@ -1,0 +1,57 @@
+"""The ONNX encoder + projector of a bundle: audio -> LLM input embeddings, numpy and onnxruntime only."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from tympan.features import feature_extractor
+
+from .bundle import Bundle, BundleError
+
+
+def pad_features(features: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.array([f.shape[0] for f in features], dtype=np.int64)
+    batch = np.zeros((len(features), int(lengths.max()), features[0].shape[1]), dtype=np.float32)
+    for i, f in enumerate(features):
+        batch[i, : f.shape[0]] = f
+    return batch, lengths
+
+
+def session_options(threads: int | None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    return opts
+
+
+class OnnxEncoder:
+    def __init__(self, bundle: Bundle, threads: int | None = None, providers: list[str] | None = None,
+                 file: str | None = None) -> None:
+        import onnxruntime as ort
+
+        meta = bundle.manifest["encoder"]
+        self.features = feature_extractor(bundle.manifest["audio"]["features"])
+        self.sample_rate = bundle.sample_rate
+        self.max_samples = int(meta["max_seconds"] * self.sample_rate)
+        self.embedding_dim = int(meta["embedding_dim"])
+        path = bundle.file(file or meta["file"])
+        try:
+            self.session = ort.InferenceSession(str(path), session_options(threads),
+                                                providers=providers or ["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise BundleError(f"{path}: onnxruntime cannot load it: {e}") from None
+
+    def __call__(self, audios: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Mono float32 waveforms at the bundle's rate -> one (positions, hidden) array each."""
+        for a in audios:
+            if a.shape[0] > self.max_samples:
+                raise ValueError(f"{a.shape[0] / self.sample_rate:.1f} s of audio exceeds the encoder's "
+                                 f"{self.max_samples / self.sample_rate:.0f} s limit")
+        feats, lengths = pad_features([self.features(a) for a in audios])
+        out, out_lengths = self.session.run(None, {"features": feats, "lengths": lengths})
+        return [out[i, : int(n)] for i, n in enumerate(out_lengths)]

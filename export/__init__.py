@@ -1,0 +1,1 @@
+"""tympan.export: from a training checkpoint to a verified serving bundle."""

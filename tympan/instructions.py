@@ -1,0 +1,45 @@
+"""Task instructions, written in the target language: shared by training and serving."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+INSTRUCTIONS: dict[str, dict[str, str]] = {
+    "asr": {"en": "Transcribe what is said."},
+    "st": {
+        "de": "Übersetze das Gesagte ins Deutsche.",
+        "it": "Traduci in italiano ciò che viene detto.",
+        "zh": "将所说的内容翻译成中文。",
+    },
+    "sqa": {
+        "en": "Answer the question: {question}",
+        "de": "Beantworte die Frage auf Deutsch: {question}",
+        "it": "Rispondi alla domanda in italiano: {question}",
+        "zh": "用中文回答问题：{question}",
+    },
+}
+
+
+class PromptError(ValueError):
+    """No instruction exists for a task and language, or a question is missing."""
+
+
+def merged_templates(overrides: Mapping[str, Mapping[str, str]]) -> dict[str, dict[str, str]]:
+    templates = {task: dict(langs) for task, langs in INSTRUCTIONS.items()}
+    for task, langs in overrides.items():
+        templates.setdefault(task, {}).update(langs)
+    return templates
+
+
+def format_instruction(
+    templates: Mapping[str, Mapping[str, str]], task: str, tgt_lang: str, question: str | None = None
+) -> str:
+    template = templates.get(task, {}).get(tgt_lang)
+    if template is None:
+        known = ", ".join(sorted(templates.get(task, {}))) or "none"
+        raise PromptError(f"no instruction for task {task!r} into {tgt_lang!r} (known: {known})")
+    if task == "sqa":
+        if not question:
+            raise PromptError("task 'sqa' needs a question")
+        return template.replace("{question}", question)
+    return template
