@@ -1,6 +1,6 @@
 """The bundle's LLM behind one interface: `embed(ids)` and a greedy `generate` that yields tokens.
 
-Two runtimes: the merged model in PyTorch (default) or the ONNX prefill/decode graphs.
+Two runtimes: the merged model in PyTorch (default) or one ONNX graph with a KV cache.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
-"""Greedy generation from ``inputs_embeds`` with the ONNX graphs written by ``tympan.export.llm_onnx``.
+"""Greedy generation from ``inputs_embeds`` with the ONNX graph written by ``tympan.export.llm_onnx``.
 
 numpy + onnxruntime only: the daemon must not pay torch's import time and memory for the LLM.
+One session serves prefill (the prompt, an empty cache) and every decode step (one embedding row, the cache so
+far), so the weights are in memory once.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ import onnxruntime as ort
 
 # Must match tympan.export.llm_onnx (not imported from there: that module imports torch).
 FORMAT = "tympan-llm-onnx"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+INPUT_NAMES = ["inputs_embeds", "attention_mask", "position_ids"]
 
 
 class OnnxLLM:
-    """A prefill session (``inputs_embeds`` in) and a decode session (one token id per step), one sequence at a
-    time. ``info`` is the dict ``export_llm_onnx`` returned (also saved as ``llm_onnx.json`` beside the graphs)."""
+    """One session over the exported graph, one sequence at a time. ``info`` is the dict ``export_llm_onnx``
+    returned (also saved as ``llm_onnx.json`` beside the graph)."""
 
     def __init__(
         self,
@@ -31,7 +34,7 @@ class OnnxLLM:
         if info.get("format") != FORMAT or info.get("format_version") != FORMAT_VERSION:
             raise ValueError(
                 f"not a {FORMAT} v{FORMAT_VERSION} description: format={info.get('format')!r} "
-                f"format_version={info.get('format_version')!r}"
+                f"format_version={info.get('format_version')!r} (re-export the model)"
             )
         directory = Path(directory)
         self.info = info
@@ -51,21 +54,19 @@ class OnnxLLM:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         providers = providers or ["CPUExecutionProvider"]
-        self.prefill = ort.InferenceSession(str(directory / info["prefill"]["file"]), options, providers=providers)
-        self.decode = ort.InferenceSession(str(directory / info["decode"]["file"]), options, providers=providers)
-        for name, session, expected in (
-            ("prefill", self.prefill, ["inputs_embeds", "attention_mask", "position_ids"]),
-            ("decode", self.decode, ["input_ids", "attention_mask", "position_ids", *self.past_names]),
-        ):
-            found = [i.name for i in session.get_inputs()]
-            if found != expected:
-                raise ValueError(f"{name} graph inputs {found} differ from the expected {expected}")
-        self._prefill_outputs = [o.name for o in self.prefill.get_outputs()]
-        self._decode_outputs = [o.name for o in self.decode.get_outputs()]
-        if self._prefill_outputs != ["logits", *self.present_names] or self._decode_outputs != self._prefill_outputs:
-            raise ValueError(f"graph outputs {self._prefill_outputs} / {self._decode_outputs} are not logits + cache")
+        self.session = ort.InferenceSession(str(directory / info["graph"]["file"]), options, providers=providers)
+        found = [i.name for i in self.session.get_inputs()]
+        expected = [*INPUT_NAMES, *self.past_names]
+        if found != expected:
+            raise ValueError(f"graph inputs {found} differ from the expected {expected}")
+        self._outputs = [o.name for o in self.session.get_outputs()]
+        if self._outputs != ["logits", *self.present_names]:
+            raise ValueError(f"graph outputs {self._outputs} are not logits + cache")
+        # The prefill's cache: 0 positions per layer (onnxruntime takes 0-length axes), made once and reused.
+        empty = np.zeros((1, int(info["num_kv_heads"]), 0, int(info["head_dim"])), np.float32)
+        self._empty_past = {name: ort.OrtValue.ortvalue_from_numpy(empty) for name in self.past_names}
 
-        # Memory-mapped: an 8B model's table is 1-2 GB and a prompt reads a few rows of it.
+        # Memory-mapped: an 8B model's table is 1-2 GB and a request reads a few rows of it.
         self.table = np.load(directory / info["embed"]["file"], mmap_mode="r")
         if self.table.shape != (self.vocab_size, self.hidden_size):
             raise ValueError(f"embedding table shape {self.table.shape} != ({self.vocab_size}, {self.hidden_size})")
@@ -81,6 +82,24 @@ class OnnxLLM:
         if bad.size:
             raise ValueError(f"token ids {bad[:5].tolist()} outside the vocabulary [0, {self.vocab_size})")
         return np.asarray(self.table[arr], dtype=np.float32)
+
+    def step(
+        self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, past: Sequence[Any]
+    ) -> list[Any]:
+        """One run of the graph on numpy arrays or OrtValues: (batch, seq, hidden) float32 embeddings, the
+        (batch, past + seq) int64 mask and (batch, seq) int64 positions, and the ``2 * num_layers`` cache tensors
+        (batch, kv_heads, past, head_dim). Returns [logits (batch, 1, vocab), *present] as OrtValues."""
+        feed = {
+            name: value if isinstance(value, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(value)
+            for name, value in zip(INPUT_NAMES, (inputs_embeds, attention_mask, position_ids), strict=True)
+        }
+        feed.update(
+            {
+                name: value if isinstance(value, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(value)
+                for name, value in zip(self.past_names, past, strict=True)
+            }
+        )
+        return list(self.session.run_with_ort_values(self._outputs, feed))
 
     def _check_embeds(self, inputs_embeds: np.ndarray) -> np.ndarray:
         embeds = np.asarray(inputs_embeds)
@@ -113,25 +132,25 @@ class OnnxLLM:
         if max_new_tokens == 0:
             return
         length = embeds.shape[1]
-        # OrtValues in and out: the cache goes from one step to the next without a trip through numpy.
-        outputs = self.prefill.run_with_ort_values(
-            self._prefill_outputs,
-            {
-                "inputs_embeds": ort.OrtValue.ortvalue_from_numpy(embeds),
-                "attention_mask": ort.OrtValue.ortvalue_from_numpy(np.ones((1, length), np.int64)),
-                "position_ids": ort.OrtValue.ortvalue_from_numpy(np.arange(length, dtype=np.int64)[None]),
-            },
+        # Prefill: the whole prompt against an empty cache.
+        outputs = self.step(
+            embeds,
+            np.ones((1, length), np.int64),
+            np.arange(length, dtype=np.int64)[None],
+            [self._empty_past[name] for name in self.past_names],
         )
-        for step in range(max_new_tokens):
+        for i in range(max_new_tokens):
             token = int(np.argmax(outputs[0].numpy()[0, -1]))
             if token in stop:
                 return
             yield token
-            if step == max_new_tokens - 1:
+            if i == max_new_tokens - 1:
                 return  # no decode step whose logits nobody reads
-            feed = dict(zip(self.past_names, outputs[1:], strict=True))
-            feed["input_ids"] = ort.OrtValue.ortvalue_from_numpy(np.array([[token]], np.int64))
-            feed["attention_mask"] = ort.OrtValue.ortvalue_from_numpy(np.ones((1, length + 1), np.int64))
-            feed["position_ids"] = ort.OrtValue.ortvalue_from_numpy(np.array([[length]], np.int64))
-            outputs = self.decode.run_with_ort_values(self._decode_outputs, feed)
+            # Decode: the token's embedding row, the cache as OrtValues straight from the previous run.
+            outputs = self.step(
+                self.embed([token])[None],
+                np.ones((1, length + 1), np.int64),
+                np.array([[length]], np.int64),
+                outputs[1:],
+            )
             length += 1

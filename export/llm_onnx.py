@@ -1,24 +1,33 @@
-"""Export a merged HF causal LM to two ONNX graphs for serving with onnxruntime (no torch at run time).
+"""Export a merged HF causal LM to one ONNX graph for serving with onnxruntime (no torch at run time).
 
-- ``prefill.onnx``: ``inputs_embeds`` (speech embeddings are spliced into the prompt in embedding space, so the
-  first pass cannot take token ids) + ``attention_mask`` + ``position_ids`` -> last-position logits + KV cache.
-- ``decode.onnx``: one token id per sequence + mask + position + KV cache -> logits + grown KV cache.
-- ``embed_tokens.npy``: the token embedding table, so a caller can embed prompt text without torch.
+- ``llm.onnx``: ``inputs_embeds`` + ``attention_mask`` + ``position_ids`` + KV cache -> last-position logits + the
+  grown KV cache. The same graph serves both phases, so a session holds the weights once:
+  prefill feeds the prompt (speech embeddings spliced into text in embedding space, so the first pass cannot take
+  token ids) with a cache of 0 positions; each decode step feeds the new token's embedding row (seq 1) with the
+  cache the previous call returned.
+- ``embed_tokens.npy``: the token embedding table, for prompt text and for each generated token, without torch.
+
+The empty cache needs no placeholder: onnxruntime takes tensors with a 0-length axis, and the traced Concat/Shape
+arithmetic gives past + seq = seq. The tests check the graph against transformers for past 0 with seq 1..120 and
+for seq 1 with long pasts.
+
+The graph is traced with seq 7 and past 5 (both > 1): transformers takes Python branches on these sizes
+(``q_length == 1`` packs grouped-query heads differently, an empty cache reports length 0 by a branch), which the
+tracer freezes. With seq and past > 1 the frozen branches are the general ones, which also hold for seq 1 and past 0.
 
 Route: ``torch.onnx.export(..., dynamo=False)`` around a wrapper that takes and returns the cache as flat tensors.
 ``transformers.exporters.OnnxExporter.export_for_generation`` also runs on transformers 5.24, but it specialises
 batch to the sample's (1), cannot honour opset 17 (its version conversion fails and it stays at 18), keeps
-all-position logits, and took ~10x longer on the tiny test model.
+all-position logits, and took 9.8 s against 0.4 s for this route on the tiny test model.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +36,17 @@ import onnx
 import torch
 from onnx import TensorProto
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 FORMAT = "tympan-llm-onnx"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 INFO_FILE = "llm_onnx.json"
-PREFILL_FILE = "prefill.onnx"
-DECODE_FILE = "decode.onnx"
+GRAPH_FILE = "llm.onnx"
 EMBED_FILE = "embed_tokens.npy"
 WEIGHTS_FILE = "weights.bin"
+# Files of format version 1, removed from out_dir so that a re-export leaves no stale graphs beside the new one.
+_V1_FILES = ("prefill.onnx", "decode.onnx")
+INPUT_NAMES = ["inputs_embeds", "attention_mask", "position_ids"]
 
 # Protobuf caps a file at 2 GiB; above this many parameter bytes the weights go to one external data file.
 _EXTERNAL_THRESHOLD_BYTES = 1_500_000_000
@@ -42,7 +54,7 @@ _EXTERNAL_THRESHOLD_BYTES = 1_500_000_000
 _EXTERNAL_MIN_BYTES = 1024
 # Page-aligned offsets let onnxruntime memory-map the tensors.
 _ALIGN = 4096
-# Trace sizes: all different, so no traced dimension can be confused with another.
+# Trace sizes: all different, so no traced dimension can be confused with another, and seq, past > 1 (see above).
 _TRACE_BATCH, _TRACE_SEQ, _TRACE_PAST = 2, 7, 5
 
 
@@ -55,23 +67,22 @@ def present_names(num_layers: int) -> list[str]:
 
 
 class _Step(torch.nn.Module):
-    """One forward pass with the cache as flat (key, value) tensors per layer, last-position logits only.
+    """One forward pass from embeddings, with the cache as flat (key, value) tensors per layer in and out, and
+    last-position logits only."""
 
-    ``take_ids`` picks the decode form (token ids, embedded inside the graph) over the prefill form
-    (``inputs_embeds``). The prefill form takes no cache: it always starts a sequence.
-    """
-
-    def __init__(self, lm: torch.nn.Module, take_ids: bool) -> None:
+    def __init__(self, lm: torch.nn.Module) -> None:
         super().__init__()
         self.lm = lm
-        self.take_ids = take_ids
 
     def forward(
-        self, x: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *past: torch.Tensor
+        self, embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *past: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
-        embeds = self.lm.get_input_embeddings()(x) if self.take_ids else x
         pairs = [(past[i], past[i + 1]) for i in range(0, len(past), 2)]
-        cache = DynamicCache(ddp_cache_data=pairs or None, config=self.lm.config)
+        cache = DynamicCache(ddp_cache_data=pairs, config=self.lm.config)
+        odd = sorted({type(layer).__name__ for layer in cache.layers if type(layer) is not DynamicLayer})
+        if odd:
+            # Sliding-window layers keep Python-int lengths, which the tracer would freeze at the sample's.
+            raise ValueError(f"export_llm_onnx supports full-attention caches only, the model uses {odd}")
         out = self.lm(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
@@ -135,58 +146,63 @@ def _tensor_bytes(tensor: TensorProto, base: Path) -> bytes:
     return onnx.numpy_helper.to_array(tensor).tobytes()
 
 
-class _SharedWeights:
-    """One external data file for both graphs; tensors with identical bytes are stored once.
-
-    The prefill and decode graphs hold the same transformer weights, so without this an 8B export would write
-    every layer twice.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.file = open(path, "wb")  # noqa: SIM115 - kept open across both graphs, closed in close()
-        self.seen: dict[tuple[int, tuple[int, ...], str], tuple[int, int]] = {}
-        self.size = 0
-
-    def place(self, tensor: TensorProto, data: bytes) -> None:
-        key = (tensor.data_type, tuple(tensor.dims), hashlib.sha256(data).hexdigest())
-        if key not in self.seen:
-            pad = -self.size % _ALIGN
-            self.file.write(b"\0" * pad)
-            self.seen[key] = (self.size + pad, len(data))
-            self.file.write(data)
-            self.size += pad + len(data)
-        offset, length = self.seen[key]
-        tensor.ClearField("raw_data")
-        del tensor.external_data[:]
-        tensor.data_location = TensorProto.EXTERNAL
-        for k, v in (("location", self.path.name), ("offset", str(offset)), ("length", str(length))):
-            entry = tensor.external_data.add()
-            entry.key, entry.value = k, v
-
-    def close(self) -> None:
-        self.file.close()
-
-
-def _finish_graph(src: Path, dst: Path, shared: _SharedWeights | None) -> None:
-    """Rewrite a traced graph into ``dst``: self-contained, or its large tensors in the shared weights file."""
+def _finish_graph(src: Path, dst: Path, weights: Path | None) -> None:
+    """Rewrite the traced graph into ``dst``: self-contained, or its large tensors in ``weights`` (one file, each
+    tensor at a page-aligned offset)."""
     model = onnx.load(str(src), load_external_data=False)
-    for tensor in model.graph.initializer:
-        data = _tensor_bytes(tensor, src.parent)
-        if shared is not None and len(data) >= _EXTERNAL_MIN_BYTES:
-            shared.place(tensor, data)
-        elif tensor.data_location == TensorProto.EXTERNAL:
-            del tensor.external_data[:]
-            tensor.data_location = TensorProto.DEFAULT
-            tensor.raw_data = data
+    # The tracer names the kept-positions axis of the logits (logits_to_keep=1) as if it were dynamic; it is 1.
+    logits_dims = next(o for o in model.graph.output if o.name == "logits").type.tensor_type.shape.dim
+    logits_dims[1].Clear()
+    logits_dims[1].dim_value = 1
+    with ExitStack() as stack:
+        out = stack.enter_context(open(weights, "wb")) if weights is not None else None
+        size = 0
+        for tensor in model.graph.initializer:
+            data = _tensor_bytes(tensor, src.parent)
+            if out is not None and weights is not None and len(data) >= _EXTERNAL_MIN_BYTES:
+                pad = -size % _ALIGN
+                out.write(b"\0" * pad)
+                out.write(data)
+                offset, size = size + pad, size + pad + len(data)
+                tensor.ClearField("raw_data")
+                del tensor.external_data[:]
+                tensor.data_location = TensorProto.EXTERNAL
+                for k, v in (("location", weights.name), ("offset", str(offset)), ("length", str(len(data)))):
+                    entry = tensor.external_data.add()
+                    entry.key, entry.value = k, v
+            elif tensor.data_location == TensorProto.EXTERNAL:
+                del tensor.external_data[:]
+                tensor.data_location = TensorProto.DEFAULT
+                tensor.raw_data = data
     onnx.save(model, str(dst))
 
 
-def _io_names(path: Path) -> tuple[list[str], list[str]]:
+def _shape(value: onnx.ValueInfoProto) -> list[int | str]:
+    """A graph input's or output's shape: ints for fixed axes, names for dynamic ones."""
+    return [d.dim_param or int(d.dim_value) for d in value.type.tensor_type.shape.dim]
+
+
+def _describe_graph(path: Path, num_layers: int) -> dict[str, Any]:
     model = onnx.load(str(path), load_external_data=False)
     initializers = {t.name for t in model.graph.initializer}
-    inputs = [i.name for i in model.graph.input if i.name not in initializers]
-    return inputs, [o.name for o in model.graph.output]
+    inputs = [v for v in model.graph.input if v.name not in initializers]
+    shapes = {v.name: _shape(v) for v in [*inputs, *model.graph.output]}
+    # One entry per cache kind: the layers all have the same shape.
+    cache_shapes: dict[str, list[int | str]] = {}
+    for prefix, names in (("past", past_names(num_layers)), ("present", present_names(num_layers))):
+        for kv in ("key", "value"):
+            found = {json.dumps(shapes.pop(n)) for n in names if n.endswith(kv)}
+            if len(found) != 1:
+                raise RuntimeError(f"the exported {prefix} {kv} tensors differ in shape: {sorted(found)}")
+            cache_shapes[f"{prefix}.{{i}}.{kv}"] = json.loads(found.pop())
+    return {
+        "file": path.name,
+        "inputs": [v.name for v in inputs],
+        "outputs": [o.name for o in model.graph.output],
+        "shapes": {**shapes, **cache_shapes},
+        "dims": {"total": "past + seq", "past": "cached positions, 0 for prefill"},
+        "logits": "last",
+    }
 
 
 def export_llm_onnx(
@@ -197,12 +213,12 @@ def export_llm_onnx(
     external_data: bool | None = None,
     embed_dtype: str = "float32",
 ) -> dict[str, Any]:
-    """Write ``prefill.onnx``, ``decode.onnx`` and ``embed_tokens.npy`` (+ ``weights.bin`` when external) to
-    ``out_dir``, and ``llm_onnx.json`` holding the returned description, which ``tympan.daemon.llm_onnx.OnnxLLM``
-    takes.
+    """Write ``llm.onnx`` and ``embed_tokens.npy`` (+ ``weights.bin`` when external) to ``out_dir``, and
+    ``llm_onnx.json`` holding the returned description, which ``tympan.daemon.llm_onnx.OnnxLLM`` takes.
 
-    ``external_data``: None = only when the weights exceed ~1.5 GB (protobuf's 2 GiB limit); the graphs then
-    share one deduplicated ``weights.bin``. ``embed_dtype``: "float32" (exact) or "float16" (half the size).
+    ``external_data``: None = only when the weights exceed ~1.5 GB (protobuf's 2 GiB limit); the graph's large
+    tensors then go to one ``weights.bin``. ``embed_dtype``: "float32" (exact) or "float16" (half the size; every
+    embedding fed to the graph, prompt text and generated tokens, is then rounded to float16).
     """
     _check_model(model)
     if embed_dtype not in ("float32", "float16"):
@@ -218,89 +234,59 @@ def export_llm_onnx(
 
     with _export_mode(model), tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as tmp_name:
         tmp = Path(tmp_name)
-        embeds = torch.randn(_TRACE_BATCH, _TRACE_SEQ, hidden)
-        mask = torch.ones(_TRACE_BATCH, _TRACE_SEQ, dtype=torch.long)
-        positions = torch.arange(_TRACE_SEQ).expand(_TRACE_BATCH, _TRACE_SEQ)
-        prefill = _Step(model, take_ids=False)
-        sample = prefill(embeds, mask, positions)
-        num_layers = (len(sample) - 1) // 2
-        _, num_kv_heads, _, head_dim = sample[1].shape
+        step = _Step(model)
+        # The cache's shape (layers, kv heads, head dim) comes from a cacheless pass.
+        first = step(torch.zeros(1, 1, hidden), torch.ones(1, 1, dtype=torch.long), torch.zeros(1, 1, dtype=torch.long))
+        num_layers = (len(first) - 1) // 2
+        _, num_kv_heads, _, head_dim = first[1].shape
         past, present = past_names(num_layers), present_names(num_layers)
 
-        batch_seq = {0: "batch", 1: "seq"}
-        prefill_axes: dict[str, dict[int, str]] = {
-            "inputs_embeds": batch_seq,
-            "attention_mask": batch_seq,
-            "position_ids": batch_seq,
-            "logits": {0: "batch"},
-        }
-        prefill_axes.update({name: {0: "batch", 2: "seq"} for name in present})
-        torch.onnx.export(
-            prefill,
-            (embeds, mask, positions),
-            str(tmp / PREFILL_FILE),
-            input_names=["inputs_embeds", "attention_mask", "position_ids"],
-            output_names=["logits", *present],
-            dynamic_axes=prefill_axes,
-            opset_version=opset,
-            dynamo=False,
+        total = _TRACE_PAST + _TRACE_SEQ
+        sample = (
+            torch.randn(_TRACE_BATCH, _TRACE_SEQ, hidden),
+            torch.ones(_TRACE_BATCH, total, dtype=torch.long),
+            torch.arange(_TRACE_PAST, total).expand(_TRACE_BATCH, _TRACE_SEQ),
+            *(torch.randn(_TRACE_BATCH, num_kv_heads, _TRACE_PAST, head_dim) for _ in past),
         )
-
-        # The decode graph is traced with exactly one new token: transformers' sdpa path reshapes a single query
-        # specially for grouped KV heads, so its token axis is fixed at 1 (onnxruntime rejects anything else).
-        ids = torch.randint(0, vocab, (_TRACE_BATCH, 1))
-        past_sample = [t[:, :, :_TRACE_PAST].contiguous() for t in sample[1:]]
-        decode_mask = torch.ones(_TRACE_BATCH, _TRACE_PAST + 1, dtype=torch.long)
-        decode_positions = torch.full((_TRACE_BATCH, 1), _TRACE_PAST)
-        decode_axes: dict[str, dict[int, str]] = {
-            "input_ids": {0: "batch"},
+        axes: dict[str, dict[int, str]] = {
+            "inputs_embeds": {0: "batch", 1: "seq"},
             "attention_mask": {0: "batch", 1: "total"},
-            "position_ids": {0: "batch"},
+            "position_ids": {0: "batch", 1: "seq"},
             "logits": {0: "batch"},
         }
-        decode_axes.update({name: {0: "batch", 2: "past"} for name in past})
-        decode_axes.update({name: {0: "batch", 2: "total"} for name in present})
+        axes.update({name: {0: "batch", 2: "past"} for name in past})
+        axes.update({name: {0: "batch", 2: "total"} for name in present})
         torch.onnx.export(
-            _Step(model, take_ids=True),
-            (ids, decode_mask, decode_positions, *past_sample),
-            str(tmp / DECODE_FILE),
-            input_names=["input_ids", "attention_mask", "position_ids", *past],
+            step,
+            sample,
+            str(tmp / GRAPH_FILE),
+            input_names=[*INPUT_NAMES, *past],
             output_names=["logits", *present],
-            dynamic_axes=decode_axes,
+            dynamic_axes=axes,
             opset_version=opset,
             dynamo=False,
         )
-
-        shared = _SharedWeights(out_dir / WEIGHTS_FILE) if external_data else None
-        try:
-            for name in (PREFILL_FILE, DECODE_FILE):
-                _finish_graph(tmp / name, out_dir / name, shared)
-        finally:
-            if shared is not None:
-                shared.close()
-    if not external_data:
-        (out_dir / WEIGHTS_FILE).unlink(missing_ok=True)  # a stale one from an earlier export would mislead
+        _finish_graph(tmp / GRAPH_FILE, out_dir / GRAPH_FILE, out_dir / WEIGHTS_FILE if external_data else None)
+    stale = [*_V1_FILES, *([] if external_data else [WEIGHTS_FILE])]
+    for name in stale:  # left by an earlier export, they would mislead
+        (out_dir / name).unlink(missing_ok=True)
 
     table = model.get_input_embeddings().weight.detach().cpu().numpy().astype(embed_dtype)
     np.save(out_dir / EMBED_FILE, table)
 
-    prefill_in, prefill_out = _io_names(out_dir / PREFILL_FILE)
-    decode_in, decode_out = _io_names(out_dir / DECODE_FILE)
-    files = [PREFILL_FILE, DECODE_FILE, EMBED_FILE] + ([WEIGHTS_FILE] if external_data else [])
+    graph = _describe_graph(out_dir / GRAPH_FILE, num_layers)
     info: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "model_type": str(getattr(config, "model_type", "")),
         "opset": opset,
-        "files": files,
+        "files": [GRAPH_FILE, EMBED_FILE] + ([WEIGHTS_FILE] if external_data else []),
         "external_data": WEIGHTS_FILE if external_data else None,
-        "prefill": {"file": PREFILL_FILE, "inputs": prefill_in, "outputs": prefill_out, "logits": "last"},
-        "decode": {
-            "file": DECODE_FILE,
-            "inputs": decode_in,
-            "outputs": decode_out,
-            "logits": "last",
-            "tokens_per_step": 1,
+        "graph": graph,
+        "usage": {
+            "prefill": "inputs_embeds = the prompt, past.* with 0 positions, mask ones(past + seq), "
+            "position_ids = past .. past + seq - 1",
+            "decode": "inputs_embeds = the embed row of the last token (seq 1), past.* = the previous present.*",
         },
         "embed": {"file": EMBED_FILE, "dtype": embed_dtype, "shape": [vocab, hidden]},
         "past_names": past,

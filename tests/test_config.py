@@ -66,3 +66,13 @@ def test_data_paths_resolve_relative_to_the_config_and_expand_home(tmp_path: Pat
     cfg = load_config(_write(tmp_path, BASE + '[data]\ntrain = ["m/train.jsonl", "$TYMPAN_HOME/x.jsonl"]\n'))
     assert cfg.resolve(cfg.data.train[0]) == tmp_path / "m" / "train.jsonl"
     assert cfg.resolve(cfg.data.train[1]) == tympan_home / "x.jsonl"
+
+
+def test_a_saved_config_keeps_pointing_at_the_same_data(tmp_path: Path) -> None:
+    from tympan.config import dump_toml
+    from tympan.training.config import config_from_dict
+
+    cfg = load_config(_write(tmp_path, BASE + '[data]\ntrain = ["m/train.jsonl", "toy:train"]\n'))
+    elsewhere = config_from_dict(__import__("tomllib").loads(dump_toml(cfg.to_toml_dict())), source="saved")
+    assert elsewhere.resolve(elsewhere.data.train[0]) == tmp_path / "m" / "train.jsonl"
+    assert elsewhere.data.train[1] == "toy:train"

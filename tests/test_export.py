@@ -79,6 +79,14 @@ def test_export_then_load_gives_the_checkpoints_output(checkpoint: Path, toy_cor
     assert not any(k.startswith("llm/") and "adapter" in k for k in loaded["files"]), "LoRA must be merged"
 
 
+def test_onnx_llm_bundle_gives_the_same_tokens(checkpoint: Path, toy_corpus: Path, tmp_path: Path) -> None:
+    manifest = export_bundle(checkpoint, tmp_path / "bundle", llm_runtime="onnx")
+    assert manifest["llm"]["runtime"] == "onnx" and manifest["verification"]["greedy_tokens_identical"]
+    assert not any(k.startswith("llm/") for k in manifest["files"]), "the ONNX bundle needs no torch weights"
+    inputs = _toy_inputs(toy_corpus, "train", 6)
+    assert _bundle_tokens(tmp_path / "bundle", inputs) == _checkpoint_tokens(checkpoint, inputs)
+
+
 def test_int8_export_serves_a_smaller_encoder_close_to_fp32(checkpoint: Path, toy_corpus: Path, tmp_path) -> None:
     manifest = export_bundle(checkpoint, tmp_path / "bundle", quantize="int8")
     report = manifest["quantization_report"]
@@ -179,3 +187,19 @@ def test_cli_infer_on_a_bundle(good_bundle: Path, toy_corpus: Path, capsys) -> N
     model = SpeechModel.load(good_bundle)
     expected = model.respond(load_audio(wav, 16000), model.prompts.instruction("st", "de"))
     assert line == {"file": str(wav), "task": "st", "target_lang": "de", "text": expected}
+
+
+def test_the_default_bundle_is_built_once_and_served_by_default(tympan_home: Path, toy_corpus: Path,
+                                                                capsys) -> None:
+    from tympan.cli import main
+    from tympan.daemon.cli import default_bundle
+
+    assert main(["export", "--default"]) == 0
+    path = Path(capsys.readouterr().out.strip())
+    assert path == tympan_home / "bundles" / "default"
+    bundle = load_bundle(path)
+    assert bundle.manifest["verification"]["greedy_tokens_identical"]
+    stamp = (path / "manifest.json").stat().st_mtime_ns
+    assert default_bundle() == path  # present: not rebuilt
+    assert main(["export", "--default"]) == 0
+    assert (path / "manifest.json").stat().st_mtime_ns == stamp

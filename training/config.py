@@ -179,8 +179,11 @@ class Config:
         return p if p.is_absolute() else Path(self.base_dir) / p
 
     def to_toml_dict(self) -> dict[str, Any]:
+        """The config as TOML data, with data paths made absolute so that it reads the same anywhere."""
         data = to_dict(self)
         data.pop("base_dir", None)
+        for split in ("train", "dev"):
+            data["data"][split] = [p if p.startswith("toy:") else str(self.resolve(p)) for p in data["data"][split]]
         return data
 
 

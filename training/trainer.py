@@ -17,6 +17,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -161,6 +162,11 @@ class Trainer:
                 raise TrainError(f"{e.where}: the target of {e.id!r} is {len(tokens)} tokens long, "
                                  f"above data.max_target_tokens = {limit}")
 
+    def _say(self, message: str) -> None:
+        """Progress messages go to stderr: stdout is for results."""
+        if self.acc.is_main_process:
+            print(message, file=sys.stderr, flush=True)
+
     def _known_langs(self) -> dict[str, set[str]]:
         from .prompt import INSTRUCTIONS
 
@@ -260,7 +266,7 @@ class Trainer:
         stage_dir = self.out / stage
         final = stage_dir / "final"
         if (final / "checkpoint.json").is_file():
-            acc.print(f"[{stage}] already finished: {final}")
+            self._say(f"[{stage}] already finished: {final}")
             return StageOutcome(stage, read_meta(final)["step"], final, None)
 
         speech, text = stage_examples(self.train_examples, stage, scfg.tasks)
@@ -316,7 +322,7 @@ class Trainer:
             step = state["step"]
             if acc.is_main_process:
                 _truncate_log(log, step)
-            acc.print(f"[{stage}] resuming from {resume} (step {step})")
+            self._say(f"[{stage}] resuming from {resume} (step {step})")
         else:
             # Each process draws its own dropout and masking noise.
             torch.manual_seed(cfg.seed + acc.process_index)
@@ -414,12 +420,12 @@ class Trainer:
                 model: SpeechLLM, save: Callable[[Path, bool], None], dev_speech: Sequence[Example],
                 dev_text: Sequence[Example], log: Path) -> StageOutcome:
         if step < steps:
-            self.acc.print(f"[{stage}] stopped at step {step} of {steps}; run again to resume")
+            self._say(f"[{stage}] stopped at step {step} of {steps}; run again to resume")
             return StageOutcome(stage, step, None, last_loss)
         if dev_speech or dev_text:
             self._log_dev(model, stage, step, dev_speech, dev_text, log)
         save(final, False)
-        self.acc.print(f"[{stage}] finished at step {step}: {final}")
+        self._say(f"[{stage}] finished at step {step}: {final}")
         return StageOutcome(stage, step, final, last_loss)
 
     @torch.no_grad()
