@@ -26,6 +26,28 @@ def add_bundle_argument(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("serve", help="run the streaming daemon (websocket, HTTP health/metrics, MQTT)")
+    s.add_argument("--config", type=Path, help="daemon TOML config (see configs/daemon.toml)")
+    add_bundle_argument(s)
+    s.add_argument("--host", help="listen address (default 127.0.0.1)")
+    s.add_argument("--port", type=int, help="listen port (default 8765; 0 picks a free one)")
+    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.set_defaults(run=_serve)
+
+    c = sub.add_parser("stream", help="stream a recording or the microphone to a daemon, print the results")
+    c.add_argument("file", nargs="?", type=Path, help="WAV/FLAC file (any rate, mono or stereo)")
+    c.add_argument("--mic", action="store_true", help="stream the microphone until Ctrl-C")
+    c.add_argument("--url", default="ws://127.0.0.1:8765/v1/stream")
+    c.add_argument("--token", help="bearer token, if the daemon requires one")
+    c.add_argument("--task", default="asr", choices=["asr", "st", "sqa"])
+    c.add_argument("--lang", help="target language (en, de, it, zh)")
+    c.add_argument("--question", help="the question, for sqa")
+    c.add_argument("--instruction", help="a free instruction instead of the task's")
+    c.add_argument("--realtime", action="store_true", help="send at the pace of a live microphone")
+    c.add_argument("--chunk-ms", type=int, default=100)
+    c.add_argument("--json", action="store_true", help="print every event as a JSON line")
+    c.set_defaults(run=_stream)
+
     p = sub.add_parser("infer", help="run the bundle's model on audio files (ASR, ST or SQA)")
     p.add_argument("audio", nargs="+", type=Path, help="WAV/FLAC files, any sample rate")
     add_bundle_argument(p)
@@ -35,6 +57,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--instruction", help="a free instruction instead of the task's template")
     p.add_argument("--json", action="store_true", help="one JSON object per file")
     p.set_defaults(run=_infer)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from .config import load_daemon_config
+    from .server import run_daemon
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = load_daemon_config(args.config, overrides={"server": {"host": args.host, "port": args.port,
+                                                                 "bundle": str(args.bundle) if args.bundle else None}})
+    bundle = Path(cfg.server.bundle) if cfg.server.bundle else default_bundle()
+    return asyncio.run(run_daemon(cfg, bundle))
+
+
+def _stream(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .client import file_chunks, mic_chunks, printer, stream
+
+    if bool(args.file) == bool(args.mic):
+        raise ValueError("give a FILE or --mic")
+    request: dict = {"task": args.task}
+    if args.lang:
+        request["target_lang"] = args.lang
+    for key in ("question", "instruction"):
+        if getattr(args, key):
+            request[key] = getattr(args, key)
+    chunks = mic_chunks(16000, args.chunk_ms) if args.mic else file_chunks(args.file, args.chunk_ms, args.realtime)
+    events = asyncio.run(stream(args.url, chunks, request, printer(args.json), token=args.token))
+    return 1 if any(e["type"] == "error" for e in events) else 0
 
 
 def _infer(args: argparse.Namespace) -> int:

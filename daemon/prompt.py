@@ -36,4 +36,6 @@ class Prompts:
         return self._before, suffix
 
     def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        """Text of generated tokens. Bytes that do not form a character yet (a multi-byte
+        character cut mid-way, or stray bytes) are left out rather than shown as U+FFFD."""
+        return self.tokenizer.decode(ids, skip_special_tokens=True).replace("\ufffd", "").strip()

@@ -1,0 +1,125 @@
+"""The daemon's configuration: one TOML file (configs/daemon.toml documents every key), then
+`TYMPAN_<SECTION>_<KEY>` environment variables, then command-line flags; validated once, at start."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from tympan.config import ConfigError, check, from_dict, non_negative, positive, read_toml
+
+from .mqtt import MqttConfig
+from .vad import VadConfig
+
+
+def _port(value: int) -> str | None:
+    return None if 0 <= value <= 65535 else f"must be a TCP port (0-65535), got {value}"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = field(default=8765, metadata=check(_port))
+    # Bundle directory; "" serves the default bundle (built on first start if missing).
+    bundle: str = ""
+    # Threads of the inference worker (ONNX Runtime and torch intra-op threads).
+    threads: int = field(default=2, metadata=check(positive))
+    # On SIGTERM: stop accepting, finish pending utterances for at most this long, then exit.
+    drain_timeout_s: float = field(default=10.0, metadata=check(non_negative))
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    # Re-decode a growing utterance this often (ms of new audio) and send partials.
+    partial_interval_ms: int = field(default=600, metadata=check(positive))
+    partials: bool = True
+    # Hard cap on generated tokens per utterance (the bundle's own limit applies too).
+    max_new_tokens: int = field(default=128, metadata=check(positive))
+    # Stop when the last tokens repeat an n-gram (n <= ngram_max) this many times in a row.
+    repeat_ngram_max: int = field(default=8, metadata=check(positive))
+    repeat_times: int = field(default=3, metadata=check(positive))
+    # Utterances encoded together in one encoder call, across sessions.
+    max_batch: int = field(default=4, metadata=check(positive))
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_sessions: int = field(default=16, metadata=check(positive))
+    max_frame_bytes: int = field(default=1 << 20, metadata=check(positive))
+    max_session_s: float = field(default=8 * 3600.0, metadata=check(positive))
+    idle_timeout_s: float = field(default=60.0, metadata=check(positive))
+    # Utterances waiting for the model, all sessions together; past it new sessions get `overloaded`.
+    queue_size: int = field(default=32, metadata=check(positive))
+    # Events waiting to be sent to one client; a client that stops reading is disconnected.
+    send_queue: int = field(default=256, metadata=check(positive))
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    # Bearer token required from clients ("" = none): `Authorization: Bearer T` or `?token=T`.
+    token: str = ""
+    # Origins browsers may connect from (empty: any). Non-browser clients send no Origin.
+    allowed_origins: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    cert: str = ""
+    key: str = ""
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    vad: VadConfig = field(default_factory=VadConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+
+
+def _env_value(raw: str) -> Any:
+    """An environment value as TOML would read it (numbers, booleans, lists), else a plain string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _section_keys() -> dict[str, set[str]]:
+    out = {}
+    for f in fields(DaemonConfig):
+        out[f.name] = {g.name for g in fields(f.type if is_dataclass(f.type) else f.default_factory())}  # type: ignore[arg-type]
+    return out
+
+
+def load_daemon_config(path: str | Path | None = None, env: dict[str, str] | None = None,
+                       overrides: dict[str, dict[str, Any]] | None = None) -> DaemonConfig:
+    data: dict[str, Any] = read_toml(Path(path)) if path else {}
+    source = str(path) if path else "defaults"
+    env = os.environ if env is None else env
+    sections = _section_keys()
+    for name, raw in env.items():
+        if not name.startswith("TYMPAN_") or name == "TYMPAN_HOME" or name == "TYMPAN_DEBUG":
+            continue
+        rest = name[len("TYMPAN_"):].lower()
+        section = next((s for s in sections if rest.startswith(s + "_")), None)
+        if section is None or rest[len(section) + 1:] not in sections[section]:
+            raise ConfigError(f"environment variable {name}: no such setting (TYMPAN_<SECTION>_<KEY>)")
+        data.setdefault(section, {})[rest[len(section) + 1:]] = _env_value(raw)
+        source = f"{source} + environment"
+    for section, values in (overrides or {}).items():
+        for key, value in values.items():
+            if value is not None:
+                data.setdefault(section, {})[key] = value
+    cfg = from_dict(DaemonConfig, data, source=source)
+    if bool(cfg.tls.cert) != bool(cfg.tls.key):
+        raise ConfigError(f"{source}: tls.cert and tls.key go together")
+    for key, value in (("tls.cert", cfg.tls.cert), ("tls.key", cfg.tls.key)):
+        if value and not Path(value).is_file():
+            raise ConfigError(f"{source}: {key}: file not found: {value}")
+    return cfg

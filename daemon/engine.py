@@ -1,0 +1,180 @@
+"""The inference engine: one worker thread owns the model; utterances of all sessions queue here.
+
+The event loop never waits on the model: sessions submit jobs and get results back through
+callbacks scheduled on the loop. Finals go before partials, sessions take turns (round
+robin), a session's newer partial replaces its pending one, and the utterances picked for a
+round are encoded together in one encoder call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .config import DecodeConfig
+from .model import SpeechModel
+from .protocol import Request
+from .text import repeating_tail
+
+log = logging.getLogger("tympan.engine")
+
+
+@dataclass(eq=False)
+class Job:
+    session_id: str
+    segment_id: int
+    kind: str  # "partial" | "final"
+    audio: np.ndarray
+    request: Request
+    # Called on the event loop: on_text(text_so_far) while decoding a final; on_done(text, stats).
+    on_done: Callable[[str, dict[str, Any]], None]
+    on_text: Callable[[str], None] | None = None
+    cancelled: bool = False
+    submitted: float = field(default_factory=time.monotonic)
+
+
+class Engine:
+    def __init__(self, model: SpeechModel, cfg: DecodeConfig, loop: asyncio.AbstractEventLoop) -> None:
+        self.model = model
+        self.cfg = cfg
+        self.loop = loop
+        self.max_new_tokens = min(cfg.max_new_tokens, model.prompts.max_new_tokens)
+        self._cv = threading.Condition()
+        self._finals: OrderedDict[str, list[Job]] = OrderedDict()  # session -> finals, oldest first
+        self._partials: OrderedDict[str, Job] = OrderedDict()  # session -> its latest partial
+        self._stopping = False
+        self._thread = threading.Thread(target=self._work, name="tympan-inference", daemon=True)
+        self.busy_seconds = 0.0
+        self.audio_seconds = 0.0
+        self.on_stats: Callable[[dict[str, Any]], None] | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        self._thread.join(timeout=30)
+
+    @property
+    def pending_finals(self) -> int:
+        with self._cv:
+            return sum(len(v) for v in self._finals.values())
+
+    def submit(self, job: Job) -> None:
+        with self._cv:
+            if job.kind == "final":
+                self._finals.setdefault(job.session_id, []).append(job)
+                # A final supersedes the pending partial of the same session.
+                self._partials.pop(job.session_id, None)
+            else:
+                old = self._partials.pop(job.session_id, None)
+                if old is not None:
+                    old.cancelled = True
+                self._partials[job.session_id] = job
+            self._cv.notify()
+
+    def cancel_session(self, session_id: str) -> None:
+        """Forget a session's partials (its finals still run: they may go to MQTT)."""
+        with self._cv:
+            job = self._partials.pop(session_id, None)
+            if job is not None:
+                job.cancelled = True
+
+    # -- worker thread ----------------------------------------------------------------------
+
+    def _next_round(self) -> list[Job]:
+        """Up to max_batch jobs, one per session, finals first, sessions in turn."""
+        batch: list[Job] = []
+        for sid in list(self._finals):
+            jobs = self._finals[sid]
+            while jobs and jobs[0].cancelled:
+                jobs.pop(0)
+            if jobs:
+                batch.append(jobs.pop(0))
+            if not jobs:
+                del self._finals[sid]
+            else:
+                self._finals.move_to_end(sid)  # served: to the back of the line
+            if len(batch) == self.cfg.max_batch:
+                return batch
+        for sid in list(self._partials):
+            if len(batch) == self.cfg.max_batch:
+                break
+            job = self._partials.pop(sid)
+            if not job.cancelled:
+                batch.append(job)
+        return batch
+
+    def _work(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stopping and not self._finals and not self._partials:
+                    self._cv.wait()
+                if self._stopping and not self._finals:
+                    return
+                batch = self._next_round()
+            if batch:
+                try:
+                    self._run(batch)
+                except Exception:  # a model failure must not kill the worker
+                    log.exception("inference failed")
+                    for job in batch:
+                        self._deliver(job.on_done, "", {"error": "internal"})
+
+    def _run(self, batch: list[Job]) -> None:
+        t0 = time.perf_counter()
+        speech = self.model.embed_audio([j.audio for j in batch])
+        encode_s = time.perf_counter() - t0
+        for job, emb in zip(batch, speech, strict=True):
+            if job.cancelled:
+                continue
+            t1 = time.perf_counter()
+            text = self._decode(job, emb)
+            decode_s = time.perf_counter() - t1
+            seconds = len(job.audio) / self.model.sample_rate
+            work = decode_s + encode_s / len(batch)
+            self.busy_seconds += work
+            self.audio_seconds += seconds
+            stats = {"kind": job.kind, "audio_s": seconds, "compute_s": work, "batch": len(batch),
+                     "queued_s": t0 - job.submitted}
+            if not job.cancelled:
+                self._deliver(job.on_done, text, stats)
+            if self.on_stats is not None:
+                self._deliver(self.on_stats, stats)
+
+    def _decode(self, job: Job, speech: np.ndarray) -> str:
+        prompts = self.model.prompts
+        r = job.request
+        instruction = r.instruction or prompts.instruction(r.task, r.target_lang, r.question)
+        tokens: list[int] = []
+        shown = ""
+        for token in self.model.generate(speech, instruction, self.max_new_tokens):
+            if job.cancelled:
+                break
+            tokens.append(token)
+            loop_len = repeating_tail(tokens, self.cfg.repeat_ngram_max, self.cfg.repeat_times)
+            if loop_len:
+                del tokens[-loop_len:]
+                log.info("session %s segment %d: output looped; cut", job.session_id, job.segment_id)
+                break
+            if job.on_text is not None:
+                text = prompts.decode(tokens)  # an unfinished UTF-8 character waits for its bytes
+                if text != shown:
+                    shown = text
+                    self._deliver(job.on_text, text)
+        return prompts.decode(tokens)
+
+    def _deliver(self, fn: Callable[..., None], *args: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: shutting down
+            self.loop.call_soon_threadsafe(fn, *args)

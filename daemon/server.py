@@ -1,0 +1,273 @@
+"""The daemon: websocket streaming at /v1/stream, /healthz and /metrics on the same port,
+MQTT publishing, systemd notification, and a draining shutdown on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import signal
+import ssl
+import time
+from dataclasses import dataclass
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from . import systemd
+from .bundle import load_bundle
+from .config import DaemonConfig
+from .engine import Engine
+from .metrics import Counter, Gauge, Histogram, Registry
+from .model import SpeechModel
+from .mqtt import Publisher
+from .protocol import ProtocolError, Request, error_event
+
+log = logging.getLogger("tympan.daemon")
+STREAM_PATH = "/v1/stream"
+
+
+@dataclass
+class Stats:
+    registry: Registry
+    sessions_total: Counter
+    utterances: Counter
+    finals: Counter
+    latency: Histogram
+    compute: Histogram
+
+
+class Daemon:
+    def __init__(self, cfg: DaemonConfig, bundle_path: Path) -> None:
+        self.cfg = cfg
+        self.bundle_path = bundle_path
+        self.sessions: set[Any] = set()
+        self._lingering: set[Any] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self.draining = False
+        self.publisher: Publisher | None = None
+        self.server: Any = None
+        self._stop = asyncio.Event()
+        self.started = time.monotonic()
+
+    # -- start-up ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        bundle = load_bundle(self.bundle_path)
+        self.model = await asyncio.to_thread(SpeechModel, bundle, self.cfg.server.threads)
+        m = bundle.manifest
+        self.model_info = {"bundle": str(self.bundle_path), "tympan_version": m["tympan_version"],
+                           "encoder": m["encoder"]["kind"], "llm_runtime": m["llm"]["runtime"],
+                           "tasks": m["tasks"], "sample_rate": self.model.sample_rate}
+        limits = self.cfg.limits
+        self.limits_info = {"max_frame_bytes": limits.max_frame_bytes, "max_session_s": limits.max_session_s,
+                            "idle_timeout_s": limits.idle_timeout_s, "max_utterance_s": self.cfg.vad.max_utterance_s}
+        self.engine = Engine(self.model, self.cfg.decode, loop)
+        self._metrics()
+        self.engine.on_stats = self._on_stats
+        self.engine.start()
+        if self.cfg.mqtt.url:
+            self.publisher = Publisher(self.cfg.mqtt)
+            await self.publisher.start()
+        from websockets.asyncio.server import serve
+
+        self.server = await serve(
+            self._connection,
+            self.cfg.server.host,
+            self.cfg.server.port,
+            process_request=self._http,
+            max_size=limits.max_frame_bytes,
+            ssl=self._ssl(),
+            server_header=None,
+        )
+        self.port = self.server.sockets[0].getsockname()[1]
+        log.info("serving %s on %s:%d", self.bundle_path, self.cfg.server.host, self.port)
+        systemd.notify("READY=1")
+        interval = systemd.watchdog_interval()
+        if interval:
+            self.spawn(self._watchdog(interval))
+
+    def _ssl(self) -> ssl.SSLContext | None:
+        if not self.cfg.tls.cert:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(self.cfg.tls.cert, self.cfg.tls.key)
+        return ctx
+
+    def _metrics(self) -> None:
+        r = Registry()
+        self.stats = Stats(
+            registry=r,
+            sessions_total=r.add(Counter("tympan_sessions_total", "Streaming sessions accepted")),  # type: ignore[arg-type]
+            utterances=r.add(Counter("tympan_utterances_total", "Utterances detected")),  # type: ignore[arg-type]
+            finals=r.add(Counter("tympan_finals_total", "Finals sent")),  # type: ignore[arg-type]
+            latency=r.add(Histogram("tympan_final_latency_seconds", "End of speech to final sent",  # type: ignore[arg-type]
+                                    [0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1, 1.5, 2, 3, 5, 10])),
+            compute=r.add(Histogram("tympan_decode_compute_seconds", "Model time per decode",  # type: ignore[arg-type]
+                                    [0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4])),
+        )
+        r.add(Gauge("tympan_sessions_active", "Open streaming sessions", lambda: len(self.sessions)))
+        r.add(Gauge("tympan_queue_depth", "Finals waiting for the model", lambda: self.engine.pending_finals))
+        r.add(Gauge("tympan_real_time_factor", "Model compute seconds per audio second, since start",
+                    lambda: self.engine.busy_seconds / self.engine.audio_seconds if self.engine.audio_seconds else 0))
+        r.add(Gauge("tympan_mqtt_connected", "1 when connected to the MQTT broker",
+                    lambda: int(bool(self.publisher and self.publisher.connected))))
+        r.add(Gauge("tympan_spool_depth", "Finals waiting in the MQTT spool",
+                    lambda: self.publisher.spool_depth if self.publisher else 0))
+
+    def _on_stats(self, stats: dict[str, Any]) -> None:
+        self.stats.compute.observe(stats["compute_s"])
+
+    async def _watchdog(self, interval: float) -> None:
+        while not self._stop.is_set():
+            systemd.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    # -- HTTP and admission ------------------------------------------------------------------------
+
+    def _http(self, connection: Any, request: Any) -> Any:
+        url = urlsplit(request.path)
+        if url.path == "/healthz":
+            import json
+
+            body = {"ready": not self.draining, "bundle_loaded": True, "sessions": len(self.sessions),
+                    "mqtt": None if self.publisher is None else {"connected": self.publisher.connected,
+                                                                 "spool_depth": self.publisher.spool_depth}}
+            response = connection.respond(HTTPStatus.OK if not self.draining else HTTPStatus.SERVICE_UNAVAILABLE,
+                                          json.dumps(body) + "\n")
+            response.headers["Content-Type"] = "application/json"
+            return response
+        if url.path == "/metrics":
+            response = connection.respond(HTTPStatus.OK, self.stats.registry.render())
+            response.headers["Content-Type"] = "text/plain; version=0.0.4"
+            return response
+        if url.path != STREAM_PATH:
+            return connection.respond(HTTPStatus.NOT_FOUND, f"no such path {url.path}; streaming is at {STREAM_PATH}\n")
+        if self.draining:
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n")
+        auth = self.cfg.auth
+        if auth.token:
+            given = parse_qs(url.query).get("token", [""])[0]
+            header = request.headers.get("Authorization", "")
+            if header.startswith("Bearer "):
+                given = header[len("Bearer "):]
+            if not hmac.compare_digest(given.encode(), auth.token.encode()):
+                return connection.respond(HTTPStatus.UNAUTHORIZED, "missing or wrong token\n")
+        origin = request.headers.get("Origin")
+        if origin is not None and auth.allowed_origins and origin not in auth.allowed_origins:
+            return connection.respond(HTTPStatus.FORBIDDEN, f"origin {origin} is not allowed\n")
+        return None
+
+    def check_request(self, request: Request) -> None:
+        """Refuse tasks and languages the bundle cannot do (a free instruction is the client's choice)."""
+        if request.instruction:
+            return
+        langs = self.model.prompts.templates.get(request.task, {})
+        if request.target_lang not in langs:
+            raise ProtocolError("unsupported", f"this model has no {request.task} into {request.target_lang!r}")
+        trained = self.model.bundle.tasks.get(request.task)
+        if trained is not None and request.target_lang not in trained:
+            raise ProtocolError("unsupported", f"this model was not trained for {request.task} into "
+                                               f"{request.target_lang!r} (trained: {', '.join(trained)})")
+
+    def admit(self) -> bool:
+        limits = self.cfg.limits
+        if len(self.sessions) > limits.max_sessions or self.engine.pending_finals >= limits.queue_size:
+            return False
+        self.stats.sessions_total.inc()
+        return True
+
+    def release(self, session: Any) -> None:
+        self.sessions.discard(session)
+        if session.pending:
+            # Its finals still decode, then go to MQTT; shutdown waits for them too.
+            self._lingering.add(session)
+            self.spawn(self._forget_when_idle(session))
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)  # a reference, or the task may be collected mid-flight
+        task.add_done_callback(self._tasks.discard)
+
+    async def _forget_when_idle(self, session: Any) -> None:
+        await session.idle.wait()
+        self._lingering.discard(session)
+
+    async def _connection(self, websocket: Any) -> None:
+        from .session import StreamSession
+
+        if self.draining:
+            await websocket.send(error_event("overloaded", "the server is shutting down"))
+            await websocket.close(1001, "shutting down")
+            return
+        session = StreamSession(self, websocket)
+        self.sessions.add(session)
+        try:
+            await session.run()
+        finally:
+            self.sessions.discard(session)
+
+    # -- results -----------------------------------------------------------------------------------
+
+    def publish_final(self, session_id: str, fields: dict[str, Any]) -> None:
+        self.stats.finals.inc()
+        if self.publisher is not None:
+            self.publisher.publish_final(session_id, fields)
+
+    def publish_partial(self, session_id: str, message: str) -> None:
+        if self.publisher is not None and self.cfg.mqtt.partials:
+            import json
+
+            self.publisher.publish_partial(session_id, json.loads(message))
+
+    # -- shutdown ----------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stop.wait()
+
+    async def shutdown(self) -> None:
+        """Stop accepting, end open utterances, wait for their finals (drain timeout), then close."""
+        systemd.notify("STOPPING=1")
+        self.draining = True
+        if self.server is not None:
+            self.server.close(close_connections=False)
+        for session in list(self.sessions):
+            session.drain()
+        deadline = time.monotonic() + self.cfg.server.drain_timeout_s
+        waiting = [s for s in list(self.sessions) + list(self._lingering) if s.pending]
+        for s in waiting:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                await asyncio.wait_for(s.idle.wait(), left)
+            except TimeoutError:
+                log.warning("drain timeout: session %s still had %d utterances", s.id, len(s.pending))
+        for session in list(self.sessions):
+            with contextlib.suppress(Exception):  # already gone
+                await session.close(1001, "server shutting down")
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+        if self.publisher is not None:
+            await self.publisher.stop(timeout=max(1.0, deadline - time.monotonic()))
+        self.engine.stop()
+
+
+async def run_daemon(cfg: DaemonConfig, bundle_path: Path) -> int:
+    daemon = Daemon(cfg, bundle_path)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.request_stop)
+    await daemon.start()
+    await daemon.wait_stopped()
+    log.info("stopping: draining open sessions")
+    await daemon.shutdown()
+    log.info("stopped")
+    return 0
