@@ -2,7 +2,7 @@
 
 Each utterance keeps the request (task, language, question) that was current when it
 started; `config` messages apply to the utterances after them. The final of an utterance is
-decoded speculatively from the first silent frame and confirmed (or thrown away when speech
+decoded speculatively once speech pauses (vad.pause_ms) and confirmed (or thrown away when speech
 resumes) once the endpoint decides, so latency runs from the end of speech.
 """
 

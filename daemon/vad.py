@@ -20,13 +20,27 @@ and, once its speech spans 600 ms, syllable-rate (2-8 Hz) modulation of its ener
 gated-out sound produces no event at all; `UtteranceDropped` follows a started utterance only
 if later audio makes it fail. Whispered speech has no voicing and is not detected.
 
-Endpoint silence, measured: 16 multi-sentence recordings (5 espeak-ng voices x 120/160/200 wpm,
-6 sentences with commas each, plus the 8 ALSA recordings; joined by 1 s gaps), clean and with
-pink noise (about 13 dB SNR) and white noise (about 10 dB SNR); 30 ms frames. Split = a sentence
-that ended up in two or more utterances; delay = endpoint time minus the true end of speech
-(negative pause delays in noise: the last, faint 50-100 ms of a sentence is under the noise).
+Endpoint silence (`silence_ms`), measured: 16 recordings of 6-8 sentences with commas (5
+espeak-ng voices x 120/160/200 wpm, and the 8 ALSA recordings; 98 sentences joined by 1 s gaps,
+523 s), clean and under pink (~13 dB SNR) and white (~10 dB SNR) noise; 30 ms frames. Split: a
+sentence cut into two or more utterances. Delay: endpoint minus the true end of speech (shorter
+in noise, where the faint last 50-100 ms of a sentence is buried).
 
-    TABLE_PLACEHOLDER
+    silence_ms   split (of 98)          mean endpoint delay, ms
+                 clean  pink  white     clean  pink  white
+       200         49    76    77        207    123   101
+       300         31    54    65        297    213   191
+       400          8    24    29        417    333   311
+       500          0    15    21        507    423   401
+       600          0     1     1        597    513   491    <- default
+       700          0     0     0        717    633   611
+      1000          6*    0     0       5151*  1229   909    * the 1 s gaps no longer end
+                                                           utterances: 29 merges, max-length cuts
+
+Slow speakers' comma pauses reach ~470 ms and noise lengthens them (the faint edges are lost),
+so 500 ms splits 15-21 % of noisy sentences; 600 ms is the shortest without that. SpeechPaused
+(pause_ms 90) comes ~90 ms after the end of speech in clean audio, ~3 times per utterance (7-9
+in noise: every pause a speculation).
 """
 
 from __future__ import annotations
@@ -308,12 +322,18 @@ class Segmenter:
         return events
 
     def current(self) -> tuple[int, np.ndarray] | None:
-        """The open, started utterance's id and audio so far (for partial decodes); None if none."""
+        """The open, started utterance's id and audio so far (for partial decodes); None if none.
+
+        The audio is a read-only view, valid until the next push or finish: copy what you keep.
+        (Copying up to max_utterance_s on every call would cost more than the segmenting.)
+        """
         if not (self._open and self._confirmed):
             return None
         if self._paused:
-            return self._id, self._frozen.copy()
-        return self._id, self._audio[:self._len * self._f].copy()
+            return self._id, self._frozen
+        view = self._audio[:self._len * self._f].view()
+        view.flags.writeable = False
+        return self._id, view
 
     @property
     def buffered_seconds(self) -> float:
@@ -387,7 +407,7 @@ class Segmenter:
         if not self._open:
             # A run of consecutive voiced frames is a vowel; clicks and stray noise frames make none.
             if self._run >= self._start_run:
-                self._open_at(i, events)
+                self._open_at(i)
             return
         self._append(x, db, active, voiced, lag)
         if self._paused:
@@ -406,7 +426,7 @@ class Segmenter:
         if self._len >= self._max:
             self._max_length(events)
 
-    def _open_at(self, i: int, events: list[Event]) -> None:
+    def _open_at(self, i: int) -> None:
         first = max(0, i - self._search + 1, self._min_start)
         ring_audio, ring_db, ring_active, ring_voiced, ring_lag = self._ring
         onset = first + int(np.argmax(ring_active[np.arange(first, i + 1) % self._ring_n]))
@@ -445,9 +465,9 @@ class Segmenter:
         if nvoiced >= self._pitch_min and _pitch_share(self._lag[:n][voiced]) > self.cfg.max_pitch_share:
             return "not_speech"
         act = np.flatnonzero(self._active[:n])
-        if len(act) and act[-1] - act[0] + 1 >= self._mod_min:
-            if _modulation_db(self._db[act[0]:act[-1] + 1], self._frame_rate) < self.cfg.min_modulation_db:
-                return "not_speech"
+        if (len(act) and act[-1] - act[0] + 1 >= self._mod_min
+                and _modulation_db(self._db[act[0]:act[-1] + 1], self._frame_rate) < self.cfg.min_modulation_db):
+            return "not_speech"
         return None
 
     def _confirm(self, events: list[Event]) -> None:
