@@ -52,6 +52,7 @@ class Engine:
         self._finals: OrderedDict[str, list[Job]] = OrderedDict()  # session -> finals, oldest first
         self._partials: OrderedDict[str, Job] = OrderedDict()  # session -> its latest partial
         self._stopping = False
+        self._running: list[Job] = []
         self._thread = threading.Thread(target=self._work, name="tympan-inference", daemon=True)
         self.busy_seconds = 0.0
         self.audio_seconds = 0.0
@@ -75,8 +76,12 @@ class Engine:
         with self._cv:
             if job.kind == "final":
                 self._finals.setdefault(job.session_id, []).append(job)
-                # A final supersedes the pending partial of the same session.
+                # A final supersedes the pending partial of the same session, and preempts partials
+                # being decoded: under load, finals keep their latency and partials are shed.
                 self._partials.pop(job.session_id, None)
+                for running in self._running:
+                    if running.kind == "partial":
+                        running.cancelled = True
             else:
                 old = self._partials.pop(job.session_id, None)
                 if old is not None:
@@ -108,6 +113,9 @@ class Engine:
                 self._finals.move_to_end(sid)  # served: to the back of the line
             if len(batch) == self.cfg.max_batch:
                 return batch
+        if batch:
+            # Finals waiting: no partial in this round, so the next final does not queue behind them.
+            return batch
         for sid in list(self._partials):
             if len(batch) == self.cfg.max_batch:
                 break
@@ -124,6 +132,7 @@ class Engine:
                 if self._stopping and not self._finals:
                     return
                 batch = self._next_round()
+                self._running = batch
             if batch:
                 try:
                     self._run(batch)

@@ -6,8 +6,9 @@ BUNDLE/
                     the checks run at export
   encoder.onnx      features -> LLM input embeddings (encoder + projector), fp32
   encoder.int8.onnx with --quantize int8 (then the one the bundle serves)
-  llm/              the merged LLM (LoRA folded in), safetensors       [--llm torch]
-  llm_onnx/         one graph for prefill and decode (KV cache), its weights, the embedding table  [--llm onnx]
+  llm_onnx/         the merged LLM (LoRA folded in) as one ONNX graph for prefill and decode
+                    (KV cache), its weights, the embedding table   [--llm onnx, the default]
+  llm/              the merged LLM in safetensors, for PyTorch       [--llm torch]
   tokenizer/        tokenizer.json and friends
 
 The bundle is built in a temporary directory beside OUT and renamed at the end, so an
@@ -96,7 +97,7 @@ def export_bundle(
     out: Path,
     *,
     quantize: str | None = None,
-    llm_runtime: str = "torch",
+    llm_runtime: str = "onnx",
     verify_manifests: Sequence[Path] = (),
     eval_manifests: Sequence[Path] = (),
     verify_count: int = 4,

@@ -97,6 +97,14 @@ def test_a_recording_in_the_right_finals_out_over_websocket_and_mqtt(daemon, bro
     # Utterance boundaries: the first ends near the end of the first recording, the second starts after the gap.
     assert got[0]["start"] < 0.9 and abs(got[0]["end"] - FIRST_END) < 0.35
     assert got[1]["start"] > FIRST_END + 1.0
+    # Each final is preceded by partials of its segment (its decode, streamed), the last equal to it.
+    for f in got:
+        partials = [e for e in events[: events.index(f)] if e["type"] == "partial" and e["segment_id"] ==
+                    f["segment_id"]]
+        if f["text"]:
+            assert partials and partials[-1]["text"] == f["text"]
+        assert [p["seq"] for p in partials] == sorted({p["seq"] for p in partials})
+        assert all(p["stable_len"] <= len(p["text"]) for p in partials)
     session = events[0]["session_id"]
     payloads = [m.json() for m in published if f"/session/{session}/" in m.topic]
     assert [p["text"] for p in payloads] == [f["text"] for f in got]
@@ -257,7 +265,7 @@ def test_sigterm_drains_open_utterances(bundle, broker, tmp_path) -> None:
             return events, code
 
     events, code = asyncio.run(main())
-    assert proc.stop() == 0, proc.log()
+    assert proc.proc.wait(timeout=60) == 0, proc.log()  # exits by itself after draining
     assert len(finals(events)) == 1 and code == 1001
 
 
@@ -289,3 +297,32 @@ def test_the_unit_file_verifies(tmp_path) -> None:
                               text=True)
     score = float(security.stdout.rsplit("exposure level for tympan.service:", 1)[1].split()[0])
     assert score <= 2.5, security.stdout[-2000:]
+
+
+def test_capacity_and_auth(bundle, tmp_path) -> None:
+    """Past max_sessions a new session gets `overloaded` while the live one goes on; a token is required."""
+    proc = DaemonProcess(bundle, tmp_path, '[limits]\nmax_sessions = 1\n[auth]\ntoken = "s3cret"\n').start()
+    url = proc.url + "?token=s3cret"
+
+    async def main():
+        from websockets.exceptions import InvalidStatus
+
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(proc.url)
+        assert refused.value.response.status_code == 401
+        with pytest.raises(InvalidStatus):
+            await connect(proc.url, additional_headers={"Authorization": "Bearer wrong"})
+        live = await connect(proc.url, additional_headers={"Authorization": "Bearer s3cret"})
+        await live.send(START)
+        assert json.loads(await live.recv())["type"] == "ready"
+        events, code = await _exchange(url, [START])
+        await live.send(json.dumps({"type": "stop"}))
+        assert json.loads(await live.recv())["type"] == "done"
+        await live.close()
+        return events, code
+
+    try:
+        events, code = asyncio.run(main())
+    finally:
+        proc.stop()
+    assert events[0]["type"] == "error" and events[0]["code"] == "overloaded" and code == 1013

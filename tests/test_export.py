@@ -63,7 +63,7 @@ def _bundle_tokens(bundle: Path, inputs, encoder_file: str | None = None) -> lis
 
 
 def test_export_then_load_gives_the_checkpoints_output(checkpoint: Path, toy_corpus: Path, tmp_path: Path) -> None:
-    manifest = export_bundle(checkpoint, tmp_path / "bundle")
+    manifest = export_bundle(checkpoint, tmp_path / "bundle", llm_runtime="torch")
     assert manifest["verification"]["encoder_max_abs_diff"] <= 1e-4
     assert manifest["verification"]["greedy_tokens_identical"]
     # On inputs the export did not verify with (training utterances, all three tasks).
@@ -80,7 +80,7 @@ def test_export_then_load_gives_the_checkpoints_output(checkpoint: Path, toy_cor
 
 
 def test_onnx_llm_bundle_gives_the_same_tokens(checkpoint: Path, toy_corpus: Path, tmp_path: Path) -> None:
-    manifest = export_bundle(checkpoint, tmp_path / "bundle", llm_runtime="onnx")
+    manifest = export_bundle(checkpoint, tmp_path / "bundle")  # ONNX is the default runtime
     assert manifest["llm"]["runtime"] == "onnx" and manifest["verification"]["greedy_tokens_identical"]
     assert not any(k.startswith("llm/") for k in manifest["files"]), "the ONNX bundle needs no torch weights"
     inputs = _toy_inputs(toy_corpus, "train", 6)
@@ -161,7 +161,7 @@ def test_corrupt_truncated_missing_and_unknown_bundles_are_refused(good_bundle: 
         load_bundle(b)
 
 
-def test_serving_the_encoder_needs_no_torch(good_bundle: Path, toy_corpus: Path) -> None:
+def test_serving_an_onnx_bundle_needs_no_torch(good_bundle: Path, toy_corpus: Path) -> None:
     code = (
         "import sys, numpy as np\n"
         "from tympan.daemon.bundle import load_bundle\n"
@@ -172,6 +172,10 @@ def test_serving_the_encoder_needs_no_torch(good_bundle: Path, toy_corpus: Path)
         f"e = OnnxEncoder(b)([load_audio({str(toy_corpus / 'audio' / 'dev-0000.wav')!r}, 16000)])[0]\n"
         "p = Prompts(b).ids('Transcribe what is said.')\n"
         "assert e.ndim == 2 and e.shape[0] > 0 and p[0] and p[1]\n"
+        "from tympan.daemon.model import SpeechModel\n"
+        "m = SpeechModel(b)\n"
+        "assert b.manifest['llm']['runtime'] == 'onnx'\n"
+        "m.respond(np.zeros(16000, dtype=np.float32) + 0.01, 'Transcribe what is said.')\n"
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch was imported'\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
