@@ -144,7 +144,7 @@ class Daemon:
             response = connection.respond(HTTPStatus.OK, self.stats.registry.render())
             response.headers["Content-Type"] = "text/plain; version=0.0.4"
             return response
-        if url.path != STREAM_PATH:
+        if url.path not in self.protocols:
             return connection.respond(HTTPStatus.NOT_FOUND, f"no such path {url.path}; streaming is at {STREAM_PATH}\n")
         if self.draining:
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n")
@@ -196,14 +196,20 @@ class Daemon:
         await session.idle.wait()
         self._lingering.discard(session)
 
-    async def _connection(self, websocket: Any) -> None:
+    @property
+    def protocols(self) -> dict[str, type]:
+        """Websocket paths and the session class that speaks each one's protocol."""
         from .session import StreamSession
 
+        return {STREAM_PATH: StreamSession}
+
+    async def _connection(self, websocket: Any) -> None:
         if self.draining:
             await websocket.send(error_event("overloaded", "the server is shutting down"))
             await websocket.close(1001, "shutting down")
             return
-        session = StreamSession(self, websocket)
+        session_class = self.protocols[urlsplit(websocket.request.path).path]
+        session = session_class(self, websocket)
         self.sessions.add(session)
         try:
             await session.run()
@@ -217,11 +223,9 @@ class Daemon:
         if self.publisher is not None:
             self.publisher.publish_final(session_id, fields)
 
-    def publish_partial(self, session_id: str, message: str) -> None:
+    def publish_partial(self, session_id: str, fields: dict[str, Any]) -> None:
         if self.publisher is not None and self.cfg.mqtt.partials:
-            import json
-
-            self.publisher.publish_partial(session_id, json.loads(message))
+            self.publisher.publish_partial(session_id, fields)
 
     # -- shutdown ----------------------------------------------------------------------------------
 

@@ -358,10 +358,18 @@ class StreamSession:
     def _send_partial(self, u: Utterance, hypothesis: str, end: float) -> None:
         text, stable = u.agreement.update(hypothesis)
         u.seq += 1
-        message = event("partial", segment_id=u.segment_id, seq=u.seq, text=text, stable_len=stable,
-                        start=round(u.start, 3), end=round(end, 3))
-        self.send(message, droppable=True)
-        self.daemon.publish_partial(self.id, message)
+        fields = {"segment_id": u.segment_id, "seq": u.seq, "text": text, "stable_len": stable,
+                  "start": round(u.start, 3), "end": round(end, 3)}
+        self.send(self.partial_message(fields), droppable=True)
+        self.daemon.publish_partial(self.id, {"type": "partial", **fields})
+
+    # -- the wire format of results: what another protocol (e.g. Vosk's) overrides -------------------
+
+    def partial_message(self, fields: dict[str, Any]) -> str:
+        return event("partial", **fields)
+
+    def final_message(self, fields: dict[str, Any]) -> str:
+        return event("final", **fields)
 
     def _final_text(self, u: Utterance, job: Job, text: str) -> None:
         if job is not u.speculative or job.cancelled:
@@ -389,7 +397,7 @@ class StreamSession:
                   "target_lang": u.request.target_lang, "start": round(u.start, 3), "end": round(u.speech_end, 3),
                   "latency_ms": latency_ms}
         # Sent even when empty (as Vosk does): an utterance was heard, nothing was recognised.
-        self.send(event("final", **fields))
+        self.send(self.final_message(fields))
         self.daemon.publish_final(self.id, {"type": "final", **fields})
         if latency_ms is not None:
             self.daemon.stats.latency.observe(latency_ms / 1000)

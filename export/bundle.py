@@ -22,8 +22,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from tympan import __version__
+from tympan.atomic import atomic_directory
 from tympan.audio import load_audio
 from tympan.daemon.bundle import FORMAT, MANIFEST, load_bundle, sha256_file
 from tympan.training.checkpoint import load_checkpoint, read_meta
@@ -131,9 +130,7 @@ def export_bundle(
     reference_tokens = [model.generate([torch.from_numpy(e)], [i])[0]
                         for e, i in zip(reference_embeds, instructions, strict=True)]
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         # 1. Encoder + projector.
         export_encoder(model, tmp / "encoder.onnx", features)
         session = ort.InferenceSession(str(tmp / "encoder.onnx"), providers=["CPUExecutionProvider"])
@@ -223,12 +220,6 @@ def export_bundle(
         if quantize == "int8":
             manifest["quantization_report"] = _int8_report(bundle, served, examples, audios, eval_manifests)
         _write_json(tmp / MANIFEST, manifest)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 

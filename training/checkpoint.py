@@ -13,9 +13,7 @@ A checkpoint directory:
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tympan import __version__
+from tympan.atomic import atomic_directory
 from tympan.config import ConfigError, dump_toml, to_dict
 
 from .config import Config, config_from_dict
@@ -171,31 +170,6 @@ def assemble_model(
     return SpeechLLM(cfg, base.encoder, projector, llm, base.tokenizer)
 
 
-def _atomic_dir(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-
-
-def _fsync_tree(root: Path) -> None:
-    """Flush every file to disk before the rename that makes the directory visible."""
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-
-
-def _commit_dir(tmp: Path, path: Path) -> None:
-    """Replace `path` by `tmp` so that `path` is always either absent, old or complete."""
-    _fsync_tree(tmp)
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, path)
-
-
 def save_checkpoint(
     path: Path,
     model: SpeechLLM,
@@ -207,8 +181,7 @@ def save_checkpoint(
     trainer_state: dict[str, Any] | None = None,
     tasks: dict[str, list[str]] | None = None,
 ) -> None:
-    tmp = _atomic_dir(path)
-    try:
+    with atomic_directory(path) as tmp:
         shutil.copytree(base_dir, tmp / "base")
         (tmp / "config.toml").write_text(dump_toml(model.cfg.to_toml_dict()), encoding="utf-8")
         if "projector" in trained:
@@ -222,10 +195,6 @@ def save_checkpoint(
                 "tasks": tasks or {}}
         # Written last: a directory without it is never taken for a checkpoint.
         (tmp / "checkpoint.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        _commit_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def read_meta(path: Path) -> dict[str, Any]:

@@ -9,14 +9,12 @@ it is not speech. Config files name it as `toy:train` / `toy:dev` in `data.train
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from tympan.atomic import atomic_directory
 from tympan.audio import write_wav
 
 SAMPLE_RATE = 16000
@@ -94,18 +92,10 @@ def build_toy(out: Path, n_train: int = 24, n_dev: int = 6, seed: int = 0) -> Pa
     """Write train.jsonl, dev.jsonl and audio/ under `out` (atomically); returns `out`."""
     if (out / "dev.jsonl").is_file():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         (tmp / "audio").mkdir()
         for split, n in (("train", n_train), ("dev", n_dev)):
             lines = _split(n, seed, tmp / "audio", split)
             with open(tmp / f"{split}.jsonl", "w", encoding="utf-8") as f:
                 f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tympan.atomic import atomic_directory
 from tympan.audio import load_audio
 from tympan.config import to_dict, tympan_home
 
@@ -190,10 +191,8 @@ class Trainer:
         texts = [t for e in self.train_examples for t in (e.target, e.text, e.question) if t]
         base = build_base(self.cfg, texts)
         if self.acc.is_main_process:
-            tmp = self.out / ".base.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            save_base(tmp, self.cfg, base)
-            tmp.replace(self.base_dir)
+            with atomic_directory(self.base_dir) as tmp:
+                save_base(tmp, self.cfg, base)
         self.acc.wait_for_everyone()
         return base
 
