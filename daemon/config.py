@@ -51,6 +51,10 @@ class LimitsConfig:
     max_frame_bytes: int = field(default=1 << 20, metadata=check(positive))
     max_session_s: float = field(default=8 * 3600.0, metadata=check(positive))
     idle_timeout_s: float = field(default=60.0, metadata=check(positive))
+    # A connection must send `start` within this time.
+    start_timeout_s: float = field(default=10.0, metadata=check(positive))
+    # Finals one session may have waiting for the model; past it, its audio is read more slowly.
+    session_backlog: int = field(default=4, metadata=check(positive))
     # Utterances waiting for the model, all sessions together; past it new sessions get `overloaded`.
     queue_size: int = field(default=32, metadata=check(positive))
     # Events waiting to be sent to one client; a client that stops reading is disconnected.

@@ -62,15 +62,20 @@ class Engine:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop now: the drain is over, so queued work is dropped and running decodes are cut short."""
         with self._cv:
             self._stopping = True
+            self._finals.clear()
+            self._partials.clear()
+            for job in self._running:
+                job.cancelled = True
             self._cv.notify_all()
         self._thread.join(timeout=30)
 
     @property
     def pending_finals(self) -> int:
         with self._cv:
-            return sum(len(v) for v in self._finals.values())
+            return sum(1 for jobs in self._finals.values() for j in jobs if not j.cancelled)
 
     def submit(self, job: Job) -> None:
         with self._cv:
@@ -134,29 +139,38 @@ class Engine:
                 batch = self._next_round()
                 self._running = batch
             if batch:
-                try:
-                    self._run(batch)
-                except Exception:  # a model failure must not kill the worker
-                    log.exception("inference failed")
-                    for job in batch:
-                        self._deliver(job.on_done, "", {"error": "internal"})
+                self._run(batch)
 
     def _run(self, batch: list[Job]) -> None:
+        """Encode the round together, then decode each job; a failure fails only the jobs it hits."""
+        started = time.monotonic()
         t0 = time.perf_counter()
-        speech = self.model.embed_audio([j.audio for j in batch])
+        try:
+            speech = self.model.embed_audio([j.audio for j in batch])
+        except Exception:  # a model failure must not kill the worker
+            log.exception("encoding failed")
+            for job in batch:
+                self._deliver(job.on_done, "", {"error": "internal"})
+            return
         encode_s = time.perf_counter() - t0
         for job, emb in zip(batch, speech, strict=True):
             if job.cancelled:
                 continue
             t1 = time.perf_counter()
-            text = self._decode(job, emb)
-            decode_s = time.perf_counter() - t1
-            seconds = len(job.audio) / self.model.sample_rate
-            work = decode_s + encode_s / len(batch)
+            try:
+                text = self._decode(job, emb)
+            except Exception:
+                log.exception("decoding failed (session %s, segment %d)", job.session_id, job.segment_id)
+                self._deliver(job.on_done, "", {"error": "internal"})
+                continue
+            work = time.perf_counter() - t1 + encode_s / len(batch)
             self.busy_seconds += work
-            self.audio_seconds += seconds
+            seconds = len(job.audio) / self.model.sample_rate
+            if job.kind == "final" and not job.cancelled:
+                # Real-time factor: audio counted once, when its final is decoded (not per re-decode).
+                self.audio_seconds += seconds
             stats = {"kind": job.kind, "audio_s": seconds, "compute_s": work, "batch": len(batch),
-                     "queued_s": t0 - job.submitted}
+                     "queued_s": started - job.submitted}
             if not job.cancelled:
                 self._deliver(job.on_done, text, stats)
             if self.on_stats is not None:

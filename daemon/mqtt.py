@@ -157,6 +157,8 @@ class MqttConfig:
     keepalive: int = field(default=30, metadata=check(_check_keepalive))
     # "" = tympan-{site}-{random}, fixed for the life of a Publisher.
     client_id: str = field(default="", metadata=check(_check_client_id))
+    # Also publish each final as Rhasspy's Hermes `hermes/asr/textCaptured` (siteId = site).
+    hermes: bool = False
 
     def __post_init__(self) -> None:
         # tympan.config.from_dict already ran the per-key checks (naming the file); repeating them here
@@ -181,6 +183,21 @@ class MqttConfig:
 
 
 # --- the spool ---------------------------------------------------------------------------------------
+
+
+HERMES_TEXT_CAPTURED = "hermes/asr/textCaptured"
+
+
+def hermes_text_captured(final: dict[str, Any], site: str, session_id: str) -> bytes:
+    """A final as Hermes' textCaptured payload (camelCase, as Rhasspy's ASR services publish it).
+
+    tympan's model gives no confidence: `likelihood` is always 1.0. `seconds` is the utterance's
+    length; `lang` is the language of the text (the target language of a translation).
+    """
+    body = {"text": final.get("text", ""), "likelihood": 1.0,
+            "seconds": round(float(final.get("end", 0.0)) - float(final.get("start", 0.0)), 3),
+            "siteId": site, "sessionId": session_id, "lang": final.get("target_lang")}
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 class SpoolLockedError(RuntimeError):
@@ -390,6 +407,8 @@ class Publisher:
         # Serialise before touching the spool: a bad event fails here, in the caller, not in the sender.
         payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
         dropped = self._spool.push(topic, payload)
+        if self.cfg.hermes:
+            dropped += self._spool.push(HERMES_TEXT_CAPTURED, hermes_text_captured(event, self.cfg.site, session_id))
         self._call_in_loop(self._wake)
         if dropped:
             self._note_dropped(dropped)

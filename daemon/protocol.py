@@ -106,6 +106,8 @@ def parse_text(frame: str) -> ClientMessage:
         obj = json.loads(frame)
     except json.JSONDecodeError as e:
         raise ProtocolError("bad_request", f"text frame is not valid JSON: {e.msg} at column {e.colno}") from None
+    except (ValueError, RecursionError):  # absurd nesting or numbers: still just a bad message
+        raise ProtocolError("bad_request", "text frame is not valid JSON (nested too deeply or too large)") from None
     if not isinstance(obj, dict):
         raise ProtocolError("bad_request", "text frame must be a JSON object with a 'type'")
     kind = obj.get("type")

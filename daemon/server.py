@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from tympan.config import ConfigError
+
 from . import systemd
 from .bundle import load_bundle
 from .config import DaemonConfig
@@ -27,6 +29,9 @@ from .protocol import ProtocolError, Request, error_event
 
 log = logging.getLogger("tympan.daemon")
 STREAM_PATH = "/v1/stream"
+STATIC = Path(__file__).resolve().parent / "static"
+STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
 
 
 @dataclass
@@ -45,6 +50,7 @@ class Daemon:
         self.bundle_path = bundle_path
         self.sessions: set[Any] = set()
         self._lingering: set[Any] = set()
+        self.connections = 0  # open websockets, started or not
         self._tasks: set[asyncio.Future[Any]] = set()
         self.draining = False
         self.publisher: Publisher | None = None
@@ -58,6 +64,11 @@ class Daemon:
         loop = asyncio.get_running_loop()
         bundle = load_bundle(self.bundle_path)
         self.model = await asyncio.to_thread(SpeechModel, bundle, self.cfg.server.threads)
+        longest = self.cfg.vad.max_utterance_s + self.cfg.vad.pre_roll_ms / 1000
+        encoder_max = self.model.encoder.max_samples / self.model.sample_rate
+        if longest > encoder_max:
+            raise ConfigError(f"vad.max_utterance_s = {self.cfg.vad.max_utterance_s:g} (+ pre-roll) exceeds the "
+                              f"bundle's encoder limit of {encoder_max:g} s")
         m = bundle.manifest
         self.model_info = {"bundle": str(self.bundle_path), "tympan_version": m["tympan_version"],
                            "encoder": m["encoder"]["kind"], "llm_runtime": m["llm"]["runtime"],
@@ -110,6 +121,8 @@ class Daemon:
                                     [0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4])),
         )
         r.add(Gauge("tympan_sessions_active", "Open streaming sessions", lambda: len(self.sessions)))
+        r.add(Gauge("tympan_sessions_lingering", "Closed sessions whose finals are still being decoded",
+                    lambda: len(self._lingering)))
         r.add(Gauge("tympan_queue_depth", "Finals waiting for the model", lambda: self.engine.pending_finals))
         r.add(Gauge("tympan_real_time_factor", "Model compute seconds per audio second, since start",
                     lambda: self.engine.busy_seconds / self.engine.audio_seconds if self.engine.audio_seconds else 0))
@@ -144,10 +157,23 @@ class Daemon:
             response = connection.respond(HTTPStatus.OK, self.stats.registry.render())
             response.headers["Content-Type"] = "text/plain; version=0.0.4"
             return response
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            page = self._static(connection, url.path)
+            if page is not None:
+                return page
         if url.path not in self.protocols:
             return connection.respond(HTTPStatus.NOT_FOUND, f"no such path {url.path}; streaming is at {STREAM_PATH}\n")
         if self.draining:
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n")
+        if self.connections >= 2 * self.cfg.limits.max_sessions + 4:
+            # Connections that have not sent `start` yet are bounded too (limits.start_timeout_s).
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")
+        try:
+            return self._check_client(connection, request, url)
+        except LookupError:  # a header given twice (websockets' MultipleValuesError)
+            return connection.respond(HTTPStatus.BAD_REQUEST, "duplicate Authorization or Origin header\n")
+
+    def _check_client(self, connection: Any, request: Any, url: Any) -> Any:
         auth = self.cfg.auth
         if auth.token:
             given = parse_qs(url.query).get("token", [""])[0]
@@ -157,9 +183,24 @@ class Daemon:
             if not hmac.compare_digest(given.encode(), auth.token.encode()):
                 return connection.respond(HTTPStatus.UNAUTHORIZED, "missing or wrong token\n")
         origin = request.headers.get("Origin")
-        if origin is not None and auth.allowed_origins and origin not in auth.allowed_origins:
+        same_origin = origin is not None and urlsplit(origin).netloc == request.headers.get("Host")
+        if origin is not None and auth.allowed_origins and origin not in auth.allowed_origins and not same_origin:
+            # The daemon's own page (same host and port) is always allowed.
             return connection.respond(HTTPStatus.FORBIDDEN, f"origin {origin} is not allowed\n")
         return None
+
+    def _static(self, connection: Any, path: str) -> Any:
+        """The browser page: `/` and the files it loads, from daemon/static (no build step, no CDN)."""
+        name = "index.html" if path == "/" else path.removeprefix("/static/") if path.startswith("/static/") else None
+        if name is None or "/" in name or name.startswith("."):
+            return None
+        file = STATIC / name
+        if not file.is_file() or file.suffix not in STATIC_TYPES:
+            return None
+        response = connection.respond(HTTPStatus.OK, file.read_text(encoding="utf-8"))
+        response.headers["Content-Type"] = STATIC_TYPES[file.suffix]
+        response.headers["Cache-Control"] = "no-cache"
+        return response
 
     def check_request(self, request: Request) -> None:
         """Refuse tasks and languages the bundle cannot do (a free instruction is the client's choice)."""
@@ -173,10 +214,13 @@ class Daemon:
             raise ProtocolError("unsupported", f"this model was not trained for {request.task} into "
                                                f"{request.target_lang!r} (trained: {', '.join(trained)})")
 
-    def admit(self) -> bool:
+    def admit(self, session: Any) -> bool:
+        """Take a session that has sent a valid `start`, unless at capacity or shutting down."""
         limits = self.cfg.limits
-        if len(self.sessions) > limits.max_sessions or self.engine.pending_finals >= limits.queue_size:
+        if (self.draining or len(self.sessions) >= limits.max_sessions
+                or self.engine.pending_finals >= limits.queue_size):
             return False
+        self.sessions.add(session)
         self.stats.sessions_total.inc()
         return True
 
@@ -200,8 +244,9 @@ class Daemon:
     def protocols(self) -> dict[str, type]:
         """Websocket paths and the session class that speaks each one's protocol."""
         from .session import StreamSession
+        from .vosk import VOSK_PATH, VoskSession
 
-        return {STREAM_PATH: StreamSession}
+        return {STREAM_PATH: StreamSession, VOSK_PATH: VoskSession}
 
     async def _connection(self, websocket: Any) -> None:
         if self.draining:
@@ -210,10 +255,11 @@ class Daemon:
             return
         session_class = self.protocols[urlsplit(websocket.request.path).path]
         session = session_class(self, websocket)
-        self.sessions.add(session)
+        self.connections += 1
         try:
             await session.run()
         finally:
+            self.connections -= 1
             self.sessions.discard(session)
 
     # -- results -----------------------------------------------------------------------------------
@@ -254,14 +300,14 @@ class Daemon:
             except TimeoutError:
                 log.warning("drain timeout: session %s still had %d utterances", s.id, len(s.pending))
         for session in list(self.sessions):
-            with contextlib.suppress(Exception):  # already gone
-                await session.close(1001, "server shutting down")
+            with contextlib.suppress(Exception):  # already gone, or not reading
+                await asyncio.wait_for(session.close(1001, "server shutting down"), 5)
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
+        await asyncio.to_thread(self.engine.stop)
         if self.publisher is not None:
             await self.publisher.stop(timeout=max(1.0, deadline - time.monotonic()))
-        self.engine.stop()
 
 
 async def run_daemon(cfg: DaemonConfig, bundle_path: Path) -> int:

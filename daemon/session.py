@@ -101,6 +101,7 @@ class StreamSession:
         self.ws = websocket
         self.cfg = daemon.cfg
         self.id = ""
+        self.key = uuid.uuid4().hex  # the engine's key: client-chosen session ids may repeat
         self.request = Request()
         self.encoding = "pcm_s16le"
         self.resampler: Any = None
@@ -109,8 +110,10 @@ class StreamSession:
         self.outbox: asyncio.Queue[str | None] = asyncio.Queue(maxsize=self.cfg.limits.send_queue)
         self.connected = True
         self.pending: set[int] = set()  # segments whose final is still being decoded
-        self.idle = asyncio.Event()
+        self.idle = asyncio.Event()  # set when no final is being decoded
         self.idle.set()
+        self.room = asyncio.Event()  # set while fewer than limits.session_backlog finals are pending
+        self.room.set()
         self.timeline = Timeline(daemon.model.sample_rate)
         self.started_at = time.monotonic()
         self.admitted = False
@@ -164,9 +167,8 @@ class StreamSession:
         finally:
             # A client that vanished mid-utterance still gets its final decoded and published.
             await self._end_of_stream()
-            self.daemon.engine.cancel_session(self.id)
-            if self.connected:
-                await self.outbox.put(None)
+            self.daemon.engine.cancel_session(self.key)
+            self._end_sender()
             try:
                 await asyncio.wait_for(sender, timeout=5)
             except (TimeoutError, asyncio.CancelledError):
@@ -184,7 +186,7 @@ class StreamSession:
             raise Closing(1008, f"idle for {timeout:g} s") from None
 
     async def _start(self) -> None:
-        frame = await self._recv(self.cfg.limits.idle_timeout_s)
+        frame = await self._recv(self.cfg.limits.start_timeout_s)
         if isinstance(frame, bytes):
             self.send(error_event("bad_request", "audio before 'start': send a start message first"))
             raise Closing(1008, "audio before start")
@@ -196,7 +198,7 @@ class StreamSession:
         except ProtocolError as e:
             self.send(error_event(e.code, str(e)))
             raise Closing(1008, "bad start message") from None
-        if not self.daemon.admit():
+        if not self.daemon.admit(self):
             self.send(error_event("overloaded", "the server is at capacity; try again later"))
             raise Closing(1013, "overloaded")
         self.admitted = True
@@ -222,6 +224,9 @@ class StreamSession:
             if time.monotonic() - self.started_at > limit:
                 self.send(error_event("bad_request", f"session longer than {limit:g} s; start a new one"))
                 raise Closing(1008, "session too long")
+            # Backpressure: a client sending faster than its finals are decoded waits here, so
+            # one session cannot fill the engine's queue.
+            await self.room.wait()
             frame = await self._recv(self.cfg.limits.idle_timeout_s)
             if isinstance(frame, bytes):
                 try:
@@ -245,7 +250,10 @@ class StreamSession:
                 continue
             assert isinstance(message, Stop)
             await self._end_of_stream()
-            await self.idle.wait()
+            try:
+                await asyncio.wait_for(self.idle.wait(), self.cfg.limits.idle_timeout_s)
+            except TimeoutError:
+                log.error("session %s: finals still pending %g s after stop", self.id, self.cfg.limits.idle_timeout_s)
             self.send(event("done", session_id=self.id))
             raise Closing(1000, "done")
 
@@ -254,11 +262,18 @@ class StreamSession:
             self._handle(self.segmenter.finish())
             self.segmenter = None
 
+    def _end_sender(self) -> None:
+        """Let the sender finish what is queued; if the queue is full (the client is not reading), stop it."""
+        try:
+            self.outbox.put_nowait(None)
+        except asyncio.QueueFull:
+            self.sender_task.cancel()
+
     async def close(self, code: int, reason: str) -> None:
         """Send what is queued (finals included), then close the connection."""
         if self.connected:
-            await self.outbox.put(None)
-            with contextlib.suppress(TimeoutError):
+            self._end_sender()
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(self.sender_task), timeout=5)
             self.connected = False
         await self.ws.close(code, reason)
@@ -293,7 +308,7 @@ class StreamSession:
             return
         u.last_partial_samples = len(audio)
         end = self.timeline.samples / self.daemon.model.sample_rate
-        self.daemon.engine.submit(Job(self.id, seg, "partial", audio.copy(), u.request,
+        self.daemon.engine.submit(Job(self.key, seg, "partial", audio.copy(), u.request,
                                       on_done=lambda text, stats, u=u, end=end: self._partial(u, text, end)))
 
     def _handle(self, events: list[Any]) -> None:
@@ -311,10 +326,13 @@ class StreamSession:
                 if u is not None and u.speculative is not None:
                     u.speculative.cancelled = True
                     u.speculative = u.speculative_end = u.speculative_text = None
+                    self._unpend(u.segment_id)  # cancelled jobs never report back
             elif isinstance(ev, UtteranceDropped):
-                u = self.utterances.pop(ev.segment_id, None)
-                if u is not None and u.speculative is not None:
-                    u.speculative.cancelled = True
+                u = self.utterances.get(ev.segment_id)
+                if u is not None:
+                    if u.speculative is not None:
+                        u.speculative.cancelled = True
+                    self._forget(u)
             elif isinstance(ev, UtteranceEnded):
                 u = self.utterances.get(ev.segment_id)
                 if u is None:
@@ -331,13 +349,15 @@ class StreamSession:
     def _speculate(self, u: Utterance, audio: np.ndarray, speech_end: float) -> None:
         if u.speculative is not None:
             u.speculative.cancelled = True
-        job = Job(self.id, u.segment_id, "final", audio.copy(), u.request,
+        job = Job(self.key, u.segment_id, "final", audio.copy(), u.request,
                   on_done=lambda text, stats: self._final_done(u, job, text, stats),
                   on_text=lambda text: self._final_text(u, job, text))
         u.speculative, u.speculative_end, u.speculative_text = job, speech_end, None
         u.streamed = ""
         self.pending.add(u.segment_id)
         self.idle.clear()
+        if len(self.pending) >= self.cfg.limits.session_backlog:
+            self.room.clear()
         self.daemon.engine.submit(job)
 
     def _confirm(self, u: Utterance) -> None:
@@ -405,6 +425,11 @@ class StreamSession:
 
     def _forget(self, u: Utterance) -> None:
         self.utterances.pop(u.segment_id, None)
-        self.pending.discard(u.segment_id)
+        self._unpend(u.segment_id)
+
+    def _unpend(self, segment_id: int) -> None:
+        self.pending.discard(segment_id)
+        if len(self.pending) < self.cfg.limits.session_backlog:
+            self.room.set()
         if not self.pending:
             self.idle.set()

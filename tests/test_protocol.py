@@ -61,6 +61,8 @@ def test_start_defaults_and_fields() -> None:
         ('{"type": "config", "volume": 3}', "bad_request", "unknown field 'volume'"),
         ("[1]", "bad_request", "must be a JSON object"),
         ('{"no": "type"}', "bad_request", "unknown message type None"),
+        ("[" * 100000, "bad_request", "not valid JSON"),
+        ('{"type": "stop", "n": ' + "9" * 5000 + "}", "bad_request", "not valid JSON"),
     ],
 )
 def test_invalid_messages_name_what_is_wrong(frame: str, code: str, message: str) -> None:

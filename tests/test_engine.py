@@ -1,0 +1,120 @@
+"""The inference engine with a stand-in model: ordering, fairness, preemption, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+
+from tympan.daemon.config import DecodeConfig
+from tympan.daemon.engine import Engine, Job
+from tympan.daemon.protocol import Request
+
+
+class Prompts:
+    max_new_tokens = 8
+
+    def instruction(self, task: str, lang: str, question: str | None = None) -> str:
+        return task
+
+    def decode(self, ids: list[int]) -> str:
+        return " ".join(map(str, ids))
+
+
+class FakeModel:
+    """Speech is its first sample; decoding yields it 3 times, or fails when it is 13."""
+
+    sample_rate = 16000
+    prompts = Prompts()
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.gate.set()
+        self.batches: list[int] = []
+
+    def embed_audio(self, audios):
+        self.batches.append(len(audios))
+        return [a[:1] for a in audios]
+
+    def generate(self, speech, instruction, max_new_tokens):
+        value = int(speech[0])
+        if value == 13:
+            raise RuntimeError("model failure")
+        for _ in range(3):
+            self.gate.wait(5)
+            yield value
+
+
+def run_jobs(specs, expect, model=None, before_start=None):
+    """specs: (session, kind, value); waits for the values in `expect`, plus a moment for any others;
+    returns {value: (text, stats)} as delivered on the loop, and the delivery order."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        engine = Engine(model or FakeModel(), DecodeConfig(max_batch=4), loop)
+        results: dict[int, tuple[str, dict]] = {}
+        order: list[int] = []
+        done = asyncio.Event()
+        jobs = []
+        for session, kind, value in specs:
+            def on_done(text, stats, value=value):
+                results[value] = (text, stats)
+                order.append(value)
+                if expect <= set(results):
+                    done.set()
+            jobs.append(Job(session, 0, kind, np.full(160, value, np.float32), Request(), on_done=on_done))
+        for job in jobs:
+            engine.submit(job)
+        if before_start:
+            before_start(engine, jobs)
+        engine.start()
+        await asyncio.wait_for(done.wait(), 10)
+        await asyncio.sleep(0.2)  # anything that should not come has had its chance
+        engine.stop()
+        return results, order
+
+    return asyncio.run(main())
+
+
+def test_a_failing_job_fails_alone() -> None:
+    results, _ = run_jobs([("a", "final", 1), ("b", "final", 13), ("c", "final", 3)], {1, 13, 3})
+    assert results[1] == ("1 1 1", results[1][1]) and "error" not in results[1][1]
+    assert results[13][0] == "" and results[13][1] == {"error": "internal"}
+    assert results[3][0] == "3 3 3"
+
+
+def test_finals_before_partials_and_sessions_take_turns() -> None:
+    results, order = run_jobs([("a", "partial", 7), ("a", "final", 1), ("a", "final", 2), ("b", "final", 5)],
+                              {1, 2, 5})
+    # a's partial is superseded by its final; a and b alternate.
+    assert 7 not in results
+    assert order == [1, 5, 2]
+
+
+def test_a_final_preempts_a_running_partial() -> None:
+    model = FakeModel()
+    model.gate.clear()  # generation blocks until the gate opens
+
+    async def main():
+        engine = Engine(model, DecodeConfig(), asyncio.get_running_loop())
+        got: dict[str, str] = {}
+        final_done = asyncio.Event()
+
+        def on_final(text: str, stats: dict) -> None:
+            got["final"] = text
+            final_done.set()
+
+        engine.submit(Job("a", 0, "partial", np.full(160, 9, np.float32), Request(),
+                          on_done=lambda text, stats: got.setdefault("partial", text)))
+        engine.start()
+        await asyncio.sleep(0.3)  # the partial is being decoded, waiting on the gate
+        engine.submit(Job("b", 0, "final", np.full(160, 4, np.float32), Request(), on_done=on_final))
+        model.gate.set()
+        await asyncio.wait_for(final_done.wait(), 10)
+        await asyncio.sleep(0.2)
+        engine.stop()
+        return got
+
+    got = asyncio.run(main())
+    assert got == {"final": "4 4 4"}  # the partial was cut short and never delivered
