@@ -226,7 +226,10 @@ class StreamSession:
                 raise Closing(1008, "session too long")
             # Backpressure: a client sending faster than its finals are decoded waits here, so
             # one session cannot fill the engine's queue.
-            await self.room.wait()
+            try:
+                await asyncio.wait_for(self.room.wait(), self.cfg.limits.idle_timeout_s)
+            except TimeoutError:
+                raise Closing(1011, "the model did not keep up with this session") from None
             frame = await self._recv(self.cfg.limits.idle_timeout_s)
             if isinstance(frame, bytes):
                 try:
