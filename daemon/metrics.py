@@ -40,6 +40,14 @@ class Gauge(Metric):
         return [f"{self.name} {float(self.read()):g}"]
 
 
+class CounterReading(Gauge):
+    """A counter kept elsewhere (e.g. by the inference thread), read at scrape time."""
+
+    def __init__(self, name: str, help_text: str, read: Callable[[], float]) -> None:
+        super().__init__(name, help_text, read)
+        self.kind = "counter"
+
+
 class Histogram(Metric):
     def __init__(self, name: str, help_text: str, buckets: Sequence[float]) -> None:
         super().__init__(name, help_text, "histogram")

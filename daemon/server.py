@@ -22,7 +22,7 @@ from . import systemd
 from .bundle import load_bundle
 from .config import DaemonConfig
 from .engine import Engine
-from .metrics import Counter, Gauge, Histogram, Registry
+from .metrics import Counter, CounterReading, Gauge, Histogram, Registry
 from .model import SpeechModel
 from .mqtt import Publisher
 from .protocol import ProtocolError, Request, error_event
@@ -124,8 +124,13 @@ class Daemon:
         r.add(Gauge("tympan_sessions_lingering", "Closed sessions whose finals are still being decoded",
                     lambda: len(self._lingering)))
         r.add(Gauge("tympan_queue_depth", "Finals waiting for the model", lambda: self.engine.pending_finals))
-        r.add(Gauge("tympan_real_time_factor", "Model compute seconds per audio second, since start",
+        r.add(Gauge("tympan_real_time_factor",
+                    "Model compute seconds (partials included) per second of finalised audio, since start",
                     lambda: self.engine.busy_seconds / self.engine.audio_seconds if self.engine.audio_seconds else 0))
+        r.add(CounterReading("tympan_model_compute_seconds_total", "Model compute, partials included",
+                             lambda: self.engine.busy_seconds))
+        r.add(CounterReading("tympan_final_audio_seconds_total", "Audio of the utterances finalised",
+                             lambda: self.engine.audio_seconds))
         r.add(Gauge("tympan_mqtt_connected", "1 when connected to the MQTT broker",
                     lambda: int(bool(self.publisher and self.publisher.connected))))
         r.add(Gauge("tympan_spool_depth", "Finals waiting in the MQTT spool",
