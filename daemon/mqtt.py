@@ -41,14 +41,14 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
 
-from tympan.config import ConfigError, check, tympan_home
+from tympan.config import ConfigError, check, check_fields, tympan_home
 
 log = logging.getLogger(__name__)
 
@@ -161,13 +161,9 @@ class MqttConfig:
     hermes: bool = False
 
     def __post_init__(self) -> None:
-        # tympan.config.from_dict already ran the per-key checks (naming the file); repeating them here
-        # makes a directly built MqttConfig just as safe. Cross-key rules can only live here.
-        for f in fields(self):
-            checker = f.metadata.get("check")
-            problem = checker(getattr(self, f.name)) if checker else None
-            if problem:
-                raise ConfigError(f"mqtt.{f.name}: {problem}")
+        # from_dict already checked each key (naming the file); a directly built MqttConfig is checked
+        # the same way. Cross-key rules can only live here.
+        check_fields(self, "mqtt")
         tls = self.url.startswith("mqtts:")
         for name in ("tls_ca", "tls_cert", "tls_key", "tls_insecure"):
             if getattr(self, name) and not tls:

@@ -120,9 +120,11 @@ class StreamSession:
 
     # -- outgoing ---------------------------------------------------------------------------
 
-    def send(self, message: str, droppable: bool = False) -> None:
-        """Queue an event for the client; a client that does not read is disconnected, not buffered for."""
-        if not self.connected:
+    def send(self, message: str | None, droppable: bool = False) -> None:
+        """Queue an event for the client; a client that does not read is disconnected, not buffered for.
+
+        None (a result format with nothing to push, see partial_message) sends nothing."""
+        if not self.connected or message is None:
             return
         try:
             self.outbox.put_nowait(message)
@@ -388,10 +390,10 @@ class StreamSession:
 
     # -- the wire format of results: what another protocol (e.g. Vosk's) overrides -------------------
 
-    def partial_message(self, fields: dict[str, Any]) -> str:
+    def partial_message(self, fields: dict[str, Any]) -> str | None:
         return event("partial", **fields)
 
-    def final_message(self, fields: dict[str, Any]) -> str:
+    def final_message(self, fields: dict[str, Any]) -> str | None:
         return event("final", **fields)
 
     def _final_text(self, u: Utterance, job: Job, text: str) -> None:

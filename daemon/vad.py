@@ -46,12 +46,12 @@ in noise: every pause a speculation).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 import webrtcvad
 
-from tympan.config import ConfigError, check, non_negative, positive, probability
+from tympan.config import ConfigError, check, check_fields, non_negative, positive, probability
 
 SAMPLE_RATES = (8000, 16000, 32000, 48000)  # what webrtcvad accepts
 
@@ -115,16 +115,7 @@ class VadConfig:
     modulation_min_ms: int = field(default=600, metadata=check(positive))
 
     def __post_init__(self) -> None:
-        # Direct construction is validated too, not only TOML loading (tympan.config.from_dict).
-        for f in fields(self):
-            value = getattr(self, f.name)
-            integral = f.type in ("int", int)
-            if isinstance(value, bool) or not isinstance(value, int if integral else int | float):
-                raise ConfigError(f"vad.{f.name}: expected {'an integer' if integral else 'a number'}, "
-                                  f"got {value!r}")
-            problem = f.metadata["check"](value) if "check" in f.metadata else None
-            if problem:
-                raise ConfigError(f"vad.{f.name}: {problem}")
+        check_fields(self, "vad")  # built in code too, not only read from TOML
         if self.pause_ms > self.silence_ms:
             raise ConfigError(f"vad.pause_ms: must be <= silence_ms ({self.silence_ms}), got {self.pause_ms}")
         if self.cut_search_s >= self.max_utterance_s:

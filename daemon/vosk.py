@@ -124,19 +124,19 @@ class VoskSession(StreamSession):
 
     # -- tympan's results, held for the next answer ------------------------------------------------
 
-    def partial_message(self, fields: dict[str, Any]) -> str:
+    def partial_message(self, fields: dict[str, Any]) -> None:
         self.hypotheses[fields["segment_id"]] = fields["text"]
-        return ""  # nothing is pushed: partials go out as answers to audio frames
+        return None  # nothing is pushed: partials go out as answers to audio frames
 
-    def final_message(self, fields: dict[str, Any]) -> str:
+    def final_message(self, fields: dict[str, Any]) -> None:
         self.results.append((fields["segment_id"], fields["text"]))
         self.hypotheses.pop(fields["segment_id"], None)
         self.result_ready.set()
-        return ""
+        return None
 
-    def send(self, message: str, droppable: bool = False) -> None:
-        """The base class' events have no place in this protocol: only answers (`_answer`) go out."""
-        if message:
+    def send(self, message: str | None, droppable: bool = False) -> None:
+        """tympan's own events (ready, error, done) have no place in this protocol: only answers go out."""
+        if message is not None:
             log.warning("session %s: not sent to the Vosk client: %s", self.id, message)
 
     def _answer(self, obj: dict[str, Any]) -> None:

@@ -34,9 +34,9 @@ def as_sent(audio: np.ndarray) -> np.ndarray:
 
 
 def write_wav(path: Path, audio: np.ndarray, rate: int = 16000) -> Path:
-    import soundfile as sf
+    from tympan.audio import write_wav as write
 
-    sf.write(str(path), audio, rate, subtype="PCM_16")
+    write(path, audio, rate)
     return path
 
 

@@ -128,6 +128,22 @@ def from_dict(cls: type[T], data: dict[str, Any], *, source: str, prefix: str = 
     return cls(**kwargs)
 
 
+def check_fields(obj: Any, section: str) -> None:
+    """Validate a dataclass built in code the way `from_dict` validates one read from a file:
+    each field's type and its `metadata["check"]`, errors naming `section.field`.
+
+    For config classes that are also constructed directly (call it from `__post_init__`).
+    """
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        key = f"{section}.{f.name}"
+        value = _convert(getattr(obj, f.name), hints[f.name], key, source=type(obj).__name__)
+        check = f.metadata.get("check")
+        problem = check(value) if check is not None else None
+        if problem:
+            raise ConfigError(f"{type(obj).__name__}: {key}: {problem}")
+
+
 def to_dict(obj: Any) -> dict[str, Any]:
     """Dataclass -> plain dict that TOML can hold (None values dropped)."""
 
