@@ -8,12 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tympan.config import tympan_home
-
 
 def default_bundle() -> Path:
     """The default bundle, built first if missing, in another process: serving never imports training."""
-    path = tympan_home() / "bundles" / "default"
+    from tympan.export.default import default_bundle_path
+
+    path = default_bundle_path()
     if not (path / "manifest.json").is_file():
         print(f"building the default bundle in {path} (once) ...", file=sys.stderr)
         subprocess.run([sys.executable, "-m", "tympan", "export", "--default"], check=True,

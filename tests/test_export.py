@@ -200,10 +200,18 @@ def test_the_default_bundle_is_built_once_and_served_by_default(tympan_home: Pat
 
     assert main(["export", "--default"]) == 0
     path = Path(capsys.readouterr().out.strip())
-    assert path == tympan_home / "bundles" / "default"
+    assert path == tympan_home / "bundles" / "tiny"  # TYMPAN_MODEL=tiny (conftest)
     bundle = load_bundle(path)
     assert bundle.manifest["verification"]["greedy_tokens_identical"]
     stamp = (path / "manifest.json").stat().st_mtime_ns
     assert default_bundle() == path  # present: not rebuilt
     assert main(["export", "--default"]) == 0
     assert (path / "manifest.json").stat().st_mtime_ns == stamp
+
+
+def test_unknown_default_model_is_named(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from tympan.cli import main
+
+    monkeypatch.setenv("TYMPAN_MODEL", "huge")
+    assert main(["export", "--default"]) == 2
+    assert "TYMPAN_MODEL = 'huge': known models are default, tiny" in capsys.readouterr().err

@@ -86,8 +86,8 @@ def test_pretrained_parts_by_local_path_and_by_cached_model_id_train_and_reload(
     outcomes = Trainer(cfg, tmp_path / "run", show_progress=False).run(["projector", "lora", "joint"])
     final = outcomes[-1].final
     assert final is not None
-    # Pretrained weights are referenced, not copied: base/ holds only the tokenizer.
-    assert sorted(p.name for p in (final / "base").iterdir()) == ["parts.json", "tokenizer"]
+    # Pretrained weights and tokenizer are referenced, not copied.
+    assert sorted(p.name for p in (final / "base").iterdir()) == ["parts.json"]
     model = load_checkpoint(final)
     assert model.llm.get_base_model().config.hidden_size == 64
     # An id that is not in the local cache is a clear error, never a download.

@@ -3,8 +3,8 @@
 A checkpoint directory:
   checkpoint.json        format, stage, step, which parts are trained, tasks -> target languages seen
   config.toml            the config it was trained with
-  base/                  tokenizer/, plus the weights of randomly initialised parts
-                         (encoder.safetensors, llm/) that no checkpoint id can restore
+  base/                  parts.json; for randomly initialised parts, what no checkpoint id can
+                         restore: tokenizer/ (trained locally), encoder.safetensors, llm/
   projector.safetensors  when the projector has been trained
   adapter/               PEFT LoRA adapter, when LoRA has been trained
   trainer_state.pt       optimizer, scheduler and RNG states (resumable checkpoints only)
@@ -108,7 +108,9 @@ def check_base(path: Path, cfg: Config) -> None:
 def save_base(path: Path, cfg: Config, base: Base) -> None:
     path.mkdir(parents=True, exist_ok=True)
     (path / "parts.json").write_text(json.dumps(base_identity(cfg), indent=2) + "\n", encoding="utf-8")
-    base.tokenizer.save_pretrained(str(path / "tokenizer"))
+    if not cfg.llm.checkpoint:
+        # A pretrained LLM's tokenizer comes with it; only a locally trained one is saved.
+        base.tokenizer.save_pretrained(str(path / "tokenizer"))
     if not cfg.encoder.checkpoint:
         save_file({k: v.contiguous() for k, v in base.encoder.state_dict().items()}, str(path / "encoder.safetensors"))
     if not cfg.llm.checkpoint:
@@ -118,9 +120,6 @@ def save_base(path: Path, cfg: Config, base: Base) -> None:
 def load_base(path: Path, cfg: Config) -> Base:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if not (path / "tokenizer").is_dir():
-        raise CheckpointError(f"{path}: base/tokenizer is missing")
-    tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"))
     encoder = build_encoder(cfg.encoder, seed=cfg.seed)
     if not cfg.encoder.checkpoint:
         file = path / "encoder.safetensors"
@@ -128,8 +127,11 @@ def load_base(path: Path, cfg: Config) -> Base:
             raise CheckpointError(f"{path}: the random encoder's weights (encoder.safetensors) are missing")
         encoder.load_state_dict(load_file(str(file)), strict=True)
     if cfg.llm.checkpoint:
-        llm, _ = load_pretrained(cfg.llm, llm_dtype(cfg))
+        llm, tokenizer = load_pretrained(cfg.llm, llm_dtype(cfg))
     else:
+        if not (path / "tokenizer").is_dir():
+            raise CheckpointError(f"{path}: base/tokenizer is missing")
+        tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"))
         if not (path / "llm").is_dir():
             raise CheckpointError(f"{path}: the random LLM's weights (llm/) are missing")
         llm = AutoModelForCausalLM.from_pretrained(str(path / "llm"), dtype=torch.float32)

@@ -95,6 +95,9 @@ class PromptConfig:
     # System message; empty: none (short prompts). Note that some chat templates add
     # their own default system message when none is given.
     system: str = ""
+    # With no system message, still open the chat with an empty system turn: some templates
+    # (SmolLM2's) otherwise insert a default system message of about 20 tokens per example.
+    empty_system_turn: bool = False
     # Instruction templates by task and target language; `{question}` is filled for SQA.
     # Missing entries fall back to the built-in templates in training/prompt.py.
     instructions: dict[str, dict[str, str]] = field(default_factory=dict)

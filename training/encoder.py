@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from torch import nn
 
 from tympan.features import FeatureExtractor, SeamlessFbank, WhisperLogMel
 
+from .base_models import PREFIX as PACKAGE_PREFIX
 from .config import EncoderConfig
 
 SAMPLE_RATE = 16000
@@ -314,6 +316,10 @@ class WhisperEncoder(SpeechEncoder):
 
 def build_encoder(cfg: EncoderConfig, seed: int = 0) -> SpeechEncoder:
     """The configured encoder, frozen and in eval mode. Random weights are seeded."""
+    if cfg.checkpoint.startswith(PACKAGE_PREFIX):
+        from .base_models import resolve
+
+        cfg = replace(cfg, checkpoint=resolve(cfg.checkpoint))
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         if cfg.kind == "seamless_m4t_v2":

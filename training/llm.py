@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -73,6 +74,10 @@ def load_pretrained(cfg: LLMConfig, dtype: torch.dtype = torch.float32):
     """(model, tokenizer) from a model id (local HF cache) or a local directory, optionally GGUF."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .base_models import PREFIX, resolve
+
+    if cfg.checkpoint.startswith(PREFIX):
+        cfg = replace(cfg, checkpoint=resolve(cfg.checkpoint), gguf_file="")
     # Never download: a model id must already be in the local Hugging Face cache.
     kwargs: dict = {"local_files_only": True}
     if cfg.gguf_file:

@@ -39,6 +39,11 @@ class PromptBuilder:
     def instruction(self, task: str, tgt_lang: str, question: str | None = None) -> str:
         return format_instruction(self.templates, task, tgt_lang, question)
 
+    def _system(self) -> list[dict[str, str]]:
+        if self.cfg.system or self.cfg.empty_system_turn:
+            return [{"role": "system", "content": self.cfg.system}]
+        return []
+
     def _render(self, messages: list[dict[str, str]], generation_prompt: bool) -> str:
         return self.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=generation_prompt
@@ -52,8 +57,7 @@ class PromptBuilder:
         cached = self._cache.get(instruction)
         if cached is not None:
             return cached
-        messages = [{"role": "system", "content": self.cfg.system}] if self.cfg.system else []
-        messages.append({"role": "user", "content": f"{OPEN}{SLOT}{CLOSE}\n{instruction}"})
+        messages = [*self._system(), {"role": "user", "content": f"{OPEN}{SLOT}{CLOSE}\n{instruction}"}]
         before, after = self._render(messages, generation_prompt=True).split(SLOT)
         ids = PromptIds(self._encode(before), self._encode(after))
         if len(self._cache) < 4096:
@@ -67,8 +71,7 @@ class PromptBuilder:
         a serving host rebuilds `prompt()` from these strings with the tokenizer alone.
         """
         marker = "\u0002INSTRUCTION\u0002"
-        messages = [{"role": "system", "content": self.cfg.system}] if self.cfg.system else []
-        messages.append({"role": "user", "content": f"{OPEN}{SLOT}{CLOSE}\n{marker}"})
+        messages = [*self._system(), {"role": "user", "content": f"{OPEN}{SLOT}{CLOSE}\n{marker}"}]
         before, after = self._render(messages, generation_prompt=True).split(SLOT)
         between, after_instruction = after.split(marker)
         return {"before_content": before, "between": between, "after_instruction": after_instruction}

@@ -16,6 +16,7 @@ from tympan.config import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tympan import evaluate
     from tympan.daemon import cli as daemon_cli
     from tympan.export import cli as export_cli
     from tympan.training import cli as training_cli
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     training_cli.register(sub)
     export_cli.register(sub)
     daemon_cli.register(sub)
+    evaluate.register(sub)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Corpora tympan builds from installed packages: real recordings, synthetic speech, parallel text."""

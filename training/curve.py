@@ -1,0 +1,94 @@
+"""One learning curve across many training runs: a checkpoint's figures appended as a JSONL row.
+
+Each row: when, stage and step, the total steps behind it (all stages), hours of distinct
+training audio in the manifests it was trained on, and `tympan eval` figures on the dev set
+(a fixed subset) and on the real recordings. Run after every training session:
+
+  python -m tympan.training.curve --checkpoint RUN/joint/step-000400 \
+      --dev $TYMPAN_HOME/data/default/dev.jsonl --real $TYMPAN_HOME/data/real/real.jsonl \
+      --limit 40 --out models/default/curve.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import soundfile as sf
+
+from tympan.evaluate import CheckpointRunner, evaluate
+from tympan.training.checkpoint import read_config, read_meta
+from tympan.training.data import load_manifest
+
+STAGE_ORDER = ("projector", "lora", "joint")
+
+
+def audio_hours(manifests: list[Path]) -> float:
+    seen: set[Path] = set()
+    seconds = 0.0
+    for manifest in manifests:
+        for ex in load_manifest(manifest):
+            if ex.audio is not None and ex.audio not in seen:
+                seen.add(ex.audio)
+                seconds += sf.info(str(ex.audio)).duration
+    return seconds / 3600
+
+
+def total_steps(checkpoint: Path, stage: str, step: int) -> int:
+    """Steps of this stage plus the finished stages before it in the same run directory."""
+    run = checkpoint.parent.parent
+    total = step
+    for earlier in STAGE_ORDER[: STAGE_ORDER.index(stage)] if stage in STAGE_ORDER else ():
+        final = run / earlier / "final"
+        if (final / "checkpoint.json").is_file():
+            total += int(read_meta(final).get("step", 0))
+    return total
+
+
+def curve_row(checkpoint: Path, dev: Path | None, real: Path | None, limit: int | None,
+              threads: int | None) -> dict[str, Any]:
+    meta = read_meta(checkpoint)
+    cfg = read_config(checkpoint)
+    stage, step = str(meta.get("stage", "?")), int(meta.get("step", 0))
+    train_manifests = [cfg.resolve(m) for m in cfg.data.train if not m.startswith("toy:")]
+    row: dict[str, Any] = {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M"),
+        "checkpoint": checkpoint.name,
+        "stage": stage,
+        "step": step,
+        "total_steps": total_steps(checkpoint, stage, step),
+        "train_audio_hours": round(audio_hours([m for m in train_manifests if m.is_file()]), 2),
+    }
+    runner = CheckpointRunner(checkpoint, threads=threads)
+    for name, manifest in (("dev", dev), ("real", real)):
+        if manifest is None:
+            continue
+        report = evaluate(runner, load_manifest(manifest), limit=limit)
+        row[name] = report.to_json()
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tympan.training.curve", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--dev", type=Path, help="dev manifest (synthetic, held-out voices)")
+    p.add_argument("--real", type=Path, help="real-recordings manifest (tympan data real)")
+    p.add_argument("--limit", type=int, default=40, help="examples per task and language")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--out", type=Path, required=True, help="JSONL file to append the row to")
+    args = p.parse_args(argv)
+    row = curve_row(args.checkpoint, args.dev, args.real, args.limit, args.threads)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    print(json.dumps(row, ensure_ascii=False, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

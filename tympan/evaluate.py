@@ -1,0 +1,296 @@
+"""`tympan eval`: run a bundle or a checkpoint over a manifest's speech examples and score them.
+
+ASR: corpus WER after normalisation (Whisper's English normaliser for English, its basic one
+otherwise). ST: corpus BLEU and chrF (sacrebleu; the `zh` tokenizer for Chinese). SQA: exact
+match and token F1 of the answers (`tympan.scoring.normalize_answer`). RTF: model compute
+seconds (encoder, projector and decoding; not reading the audio) per second of audio, after one
+untimed warm-up call.
+
+Text-only manifest lines are skipped and counted: this evaluates speech. Examples are decoded
+one at a time, greedily, as the daemon decodes an utterance, so a bundle and the checkpoint it
+was exported from (verified to give the same greedy tokens) give the same hypotheses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
+
+from tympan import scoring
+from tympan.training.data import TASKS, Example, load_manifest
+
+if TYPE_CHECKING:  # numpy is imported where audio is read
+    import numpy as np
+
+GroupKey = tuple[str, str]  # (task, target language)
+METRICS = {"asr": ("wer",), "st": ("bleu", "chrf"), "sqa": ("em", "f1")}
+HEADERS = {"wer": "WER", "bleu": "BLEU", "chrf": "chrF", "em": "EM", "f1": "F1"}
+
+
+class EvalError(ValueError):
+    """The evaluation cannot run: nothing to score, or an example the model has no instruction for."""
+
+
+class Runner(Protocol):
+    """A model as evaluation sees it: an instruction per example, and audio + instruction -> text."""
+
+    sample_rate: int
+
+    def instruction(self, ex: Example) -> str: ...
+
+    def respond(self, audio: np.ndarray, instruction: str) -> str: ...
+
+
+class BundleRunner:
+    """A serving bundle, loaded and run as the daemon runs it (`tympan.daemon.model.SpeechModel`)."""
+
+    def __init__(self, path: Path, threads: int | None = None, max_new_tokens: int | None = None) -> None:
+        from tympan.daemon.model import SpeechModel
+
+        self.model = SpeechModel.load(path, threads=threads)
+        self.sample_rate = self.model.sample_rate
+        self.max_new_tokens = max_new_tokens
+
+    def instruction(self, ex: Example) -> str:
+        return self.model.prompts.instruction(ex.task, ex.tgt_lang, ex.question)
+
+    def respond(self, audio: np.ndarray, instruction: str) -> str:
+        return self.model.respond(audio, instruction, self.max_new_tokens)
+
+
+class CheckpointRunner:
+    """A training checkpoint (`SpeechLLM`), unmerged LoRA, in PyTorch."""
+
+    def __init__(self, path: Path, threads: int | None = None, max_new_tokens: int | None = None) -> None:
+        import torch
+
+        from tympan.training.checkpoint import load_checkpoint
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = load_checkpoint(path)
+        self.sample_rate = self.model.encoder.sample_rate
+        self.max_new_tokens = max_new_tokens
+
+    def instruction(self, ex: Example) -> str:
+        return self.model.instruction(ex)
+
+    def respond(self, audio: np.ndarray, instruction: str) -> str:
+        # SpeechLLM.respond's steps, with a token limit; stray bytes of a cut multi-byte character
+        # are dropped as the serving side drops them, so both sides print the same text.
+        m = self.model
+        (tokens,) = m.generate(m.project(m.encode([audio])), [instruction], self.max_new_tokens)
+        return m.decode(tokens).replace("\ufffd", "").strip()
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    example: Example
+    text: str
+
+
+@dataclass
+class Report:
+    scores: dict[GroupKey, dict[str, float | int]]
+    hypotheses: dict[GroupKey, list[Hypothesis]]
+    compute_s: float
+    audio_s: float
+    skipped_text: int
+
+    @property
+    def rtf(self) -> float:
+        return self.compute_s / self.audio_s
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {task: {} for task in TASKS}
+        for (task, lang), figures in self.scores.items():
+            out[task][lang] = figures
+        out["rtf"] = round(self.rtf, 4)
+        return out
+
+
+def speech_groups(examples: Sequence[Example], limit: int | None = None) -> tuple[dict[GroupKey, list[Example]], int]:
+    """Speech examples by (task, target language), in manifest order, the first `limit` of each;
+    and how many text-only examples were left out."""
+    groups: dict[GroupKey, list[Example]] = {}
+    skipped = 0
+    for ex in examples:
+        if not ex.is_speech:
+            skipped += 1
+            continue
+        group = groups.setdefault((ex.task, ex.tgt_lang), [])
+        if limit is None or len(group) < limit:
+            group.append(ex)
+    order = {task: i for i, task in enumerate(TASKS)}
+    return dict(sorted(groups.items(), key=lambda kv: (order[kv[0][0]], kv[0][1]))), skipped
+
+
+def score_group(task: str, lang: str, refs: Sequence[str], hyps: Sequence[str]) -> dict[str, float | int]:
+    """The figures of one (task, language) group, percentages rounded to 2 decimals, and n."""
+    if task == "asr":
+        normalize = scoring.normalize_english if lang == "en" else scoring.normalize_basic
+        figures = {"wer": scoring.wer(refs, hyps, normalize)}
+    elif task == "st":
+        figures = {"bleu": scoring.bleu(refs, hyps, lang), "chrf": scoring.chrf(refs, hyps)}
+    elif task == "sqa":
+        figures = {"em": scoring.exact_match_score(refs, hyps, lang), "f1": scoring.f1_score(refs, hyps, lang)}
+    else:
+        raise EvalError(f"unknown task {task!r}")
+    return {**{k: round(v, 2) for k, v in figures.items()}, "n": len(refs)}
+
+
+def _audio(ex: Example, sample_rate: int) -> np.ndarray:
+    from tympan.audio import load_audio
+
+    assert ex.audio is not None
+    return load_audio(ex.audio, sample_rate)
+
+
+def evaluate(
+    runner: Runner,
+    examples: Sequence[Example],
+    limit: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Report:
+    """Decode every selected speech example with `runner` and score each group."""
+    groups, skipped = speech_groups(examples, limit)
+    if not groups:
+        raise EvalError(f"no speech examples to evaluate ({skipped} text-only examples skipped)")
+    instructions: dict[str, str] = {}
+    for group in groups.values():
+        for ex in group:
+            try:  # before any decoding, so an unsupported task or language fails at once
+                instructions[ex.id] = runner.instruction(ex)
+            except ValueError as e:
+                raise EvalError(f"{ex.where}: {e}") from None
+    total = sum(len(g) for g in groups.values())
+    first = next(iter(groups.values()))[0]
+    # One untimed call first: one-off start-up costs (thread pools, lazy initialisation) are not RTF.
+    runner.respond(_audio(first, runner.sample_rate), instructions[first.id])
+    compute_s = audio_s = 0.0
+    hypotheses: dict[GroupKey, list[Hypothesis]] = {}
+    done = 0
+    for key, group in groups.items():
+        for ex in group:
+            audio = _audio(ex, runner.sample_rate)
+            start = time.perf_counter()
+            text = runner.respond(audio, instructions[ex.id])
+            compute_s += time.perf_counter() - start
+            audio_s += len(audio) / runner.sample_rate
+            hypotheses.setdefault(key, []).append(Hypothesis(ex, text))
+            done += 1
+            if progress is not None:
+                progress(done, total)
+    scores = {
+        (task, lang): score_group(task, lang, [h.example.target for h in hyps], [h.text for h in hyps])
+        for (task, lang), hyps in hypotheses.items()
+    }
+    return Report(scores, hypotheses, compute_s, audio_s, skipped)
+
+
+def format_samples(report: Report, n: int) -> str:
+    lines: list[str] = []
+    for (task, lang), hyps in report.hypotheses.items():
+        lines.append(f"{task} {lang}:")
+        for h in hyps[:n]:
+            lines += [f"  {h.example.id}", f"    ref: {h.example.target}", f"    hyp: {h.text}"]
+    return "\n".join(lines)
+
+
+def format_report(report: Report) -> str:
+    """One table per task, a row per target language, then the real-time factor."""
+    blocks: list[str] = []
+    for task in TASKS:
+        rows = [(lang, figures) for (t, lang), figures in report.scores.items() if t == task]
+        if not rows:
+            continue
+        metrics = METRICS[task]
+        lines = [task.upper(), f"{'lang':<6}{'n':>6}" + "".join(f"{HEADERS[m]:>9}" for m in metrics)]
+        lines += [f"{lang:<6}{figures['n']:>6}" + "".join(f"{figures[m]:>9.2f}" for m in metrics)
+                  for lang, figures in rows]
+        blocks.append("\n".join(lines))
+    n = sum(len(h) for h in report.hypotheses.values())
+    blocks.append(f"RTF {report.rtf:.4f} (model compute {report.compute_s:.2f} s for {report.audio_s:.2f} s of audio, "
+                  f"{n} speech examples; {report.skipped_text} text-only examples skipped)")
+    return "\n\n".join(blocks)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write through a temporary file and a rename: a reader never sees a half-written report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, ensure_ascii=False, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _positive(value: str) -> int:
+    n = int(value)
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {n}")
+    return n
+
+
+def _non_negative(value: str) -> int:
+    n = int(value)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
+    return n
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="score a bundle or checkpoint on a manifest (WER, BLEU/chrF, EM/F1, RTF)",
+                       description="Decode a manifest's speech examples and print one table per task.")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--bundle", type=Path, help="bundle directory (default: the default bundle, built if missing)")
+    source.add_argument("--checkpoint", type=Path, help="a training checkpoint directory (e.g. RUN/joint/final)")
+    p.add_argument("--manifest", type=Path, required=True, help="JSONL manifest (the training format)")
+    p.add_argument("--json", type=Path, metavar="OUT", help="also write the figures as JSON")
+    p.add_argument("--limit", type=_positive, metavar="N", help="the first N examples of each task and language")
+    p.add_argument("--threads", type=_positive, metavar="N", help="CPU threads for the model")
+    p.add_argument("--max-new-tokens", type=_positive, metavar="N",
+                   help="decoding limit per example (default: the model's)")
+    p.add_argument("--show", type=_non_negative, default=0, metavar="N",
+                   help="print N hypothesis/reference pairs per task and language")
+    p.set_defaults(run=_run)
+
+
+def _progress(out: TextIO) -> Callable[[int, int], None]:
+    def show(done: int, total: int) -> None:
+        if out.isatty():
+            print(f"\r{done}/{total}", end="\n" if done == total else "", file=out, flush=True)
+
+    return show
+
+
+def _run(args: argparse.Namespace) -> int:
+    examples = load_manifest(args.manifest)  # a bad manifest fails before a model is loaded
+    runner: Runner
+    if args.checkpoint is not None:
+        runner = CheckpointRunner(args.checkpoint, args.threads, args.max_new_tokens)
+    else:
+        from tympan.daemon.cli import default_bundle
+
+        runner = BundleRunner(args.bundle or default_bundle(), args.threads, args.max_new_tokens)
+    report = evaluate(runner, examples, args.limit, _progress(sys.stderr))
+    if args.show:
+        print(format_samples(report, args.show), end="\n\n")
+    print(format_report(report))
+    if args.json:
+        write_json(args.json, report.to_json())
+    return 0
