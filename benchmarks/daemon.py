@@ -13,25 +13,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
+from common import Listener, cpu_seconds, quantile, scrape_metrics, silence, stream
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
 RECORDINGS = ["Front_Center", "Front_Left", "Front_Right", "Rear_Center", "Rear_Left", "Rear_Right", "Side_Left",
               "Side_Right"]
 
 
 def stream_audio(seconds: float, offset: int) -> np.ndarray:
-    from daemon_harness import alsa_speech, silence
+    from daemon_harness import alsa_speech
 
     parts, total, i = [silence(0.5)], 0.5, offset
     while total < seconds:
@@ -42,50 +39,16 @@ def stream_audio(seconds: float, offset: int) -> np.ndarray:
     return np.concatenate(parts)
 
 
-async def client(url: str, audio: np.ndarray, chunk_ms: int = 100) -> list[tuple[float, float]]:
+async def client(url: str, audio: np.ndarray) -> list[tuple[float, float]]:
     """(stream time of the final's end, latency seconds) for each final."""
-    from websockets.asyncio.client import connect
-
-    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
-    step = 16000 * chunk_ms // 1000
-    sent_at: list[tuple[float, float]] = []  # (stream seconds at the chunk's end, wall time it was sent)
-    results: list[tuple[float, float]] = []
-    async with connect(url) as ws:
-        await ws.send(json.dumps({"type": "start", "task": "asr", "sample_rate": 16000, "encoding": "pcm_s16le"}))
-        await ws.recv()
-
-        async def receive() -> None:
-            async for message in ws:
-                ev = json.loads(message)
-                if ev["type"] == "final":
-                    now = time.monotonic()
-                    sent = next(w for s, w in sent_at if s >= ev["end"] - 1e-6)
-                    results.append((ev["end"], now - sent))
-                elif ev["type"] == "done":
-                    return
-
-        receiver = asyncio.create_task(receive())
-        t0 = time.monotonic()
-        for i in range(0, len(pcm) // 2, step):
-            await asyncio.sleep(max(0.0, t0 + i / 16000 - time.monotonic()))
-            await ws.send(pcm[2 * i : 2 * (i + step)])
-            sent_at.append((min(i + step, len(pcm) // 2) / 16000, time.monotonic()))
-        await ws.send(json.dumps({"type": "stop"}))
-        await receiver
-    return results
+    listener = Listener()
+    if not await stream(url, [audio], listener):
+        raise RuntimeError(f"stream failed: {listener.errors[0]}")
+    return [(f.end, f.latency_s) for f in listener.finals]
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def metric(port: int, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    return float("nan")
+def metric(http: str, name: str) -> float:
+    return scrape_metrics(http).get(name, float("nan"))
 
 
 def main() -> int:
@@ -113,8 +76,8 @@ def main() -> int:
     try:
         for n in [int(x) for x in args.streams.split(",")]:
             cpu0, t0 = cpu_seconds(daemon.proc.pid), time.monotonic()
-            compute0 = metric(daemon.port, "tympan_model_compute_seconds_total")
-            audio0 = metric(daemon.port, "tympan_final_audio_seconds_total")
+            compute0 = metric(daemon.http, "tympan_model_compute_seconds_total")
+            audio0 = metric(daemon.http, "tympan_final_audio_seconds_total")
 
             async def run(n: int = n) -> list[list[tuple[float, float]]]:
                 audios = [stream_audio(args.seconds, k) for k in range(n)]
@@ -127,12 +90,9 @@ def main() -> int:
             firsts = [s[0][1] * 1000 for s in per_stream if s]
             lasts = [s[-1][1] * 1000 for s in per_stream if s]
 
-            def p(q: float, latencies: list[float] = latencies) -> float:
-                return latencies[min(len(latencies) - 1, int(q * len(latencies)))]
-
-            rtf = ((metric(daemon.port, "tympan_model_compute_seconds_total") - compute0)
-                   / (metric(daemon.port, "tympan_final_audio_seconds_total") - audio0))
-            print(f"| {n} | {len(latencies)} | {statistics.median(latencies):.0f} | {p(0.95):.0f} | "
+            rtf = ((metric(daemon.http, "tympan_model_compute_seconds_total") - compute0)
+                   / (metric(daemon.http, "tympan_final_audio_seconds_total") - audio0))
+            print(f"| {n} | {len(latencies)} | {statistics.median(latencies):.0f} | {quantile(latencies, 0.95):.0f} | "
                   f"{latencies[-1]:.0f} | {statistics.mean(firsts):.0f} / {statistics.mean(lasts):.0f} | "
                   f"{rtf:.3f} | {cpu * 100:.0f}% |")
     finally:

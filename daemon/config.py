@@ -108,7 +108,7 @@ def load_daemon_config(path: str | Path | None = None, env: dict[str, str] | Non
     env = os.environ if env is None else env
     sections = _section_keys()
     for name, raw in env.items():
-        if not name.startswith("TYMPAN_") or name == "TYMPAN_HOME" or name == "TYMPAN_DEBUG":
+        if not name.startswith("TYMPAN_") or name in ("TYMPAN_HOME", "TYMPAN_DEBUG", "TYMPAN_MODEL"):
             continue
         rest = name[len("TYMPAN_"):].lower()
         section = next((s for s in sections if rest.startswith(s + "_")), None)

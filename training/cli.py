@@ -1,4 +1,4 @@
-"""`tympan train` and `tympan data toy`: argument parsing only; the work is imported lazily."""
+"""`tympan train` and `tympan data toy|build|real`: argument parsing only; the work is imported lazily."""
 
 from __future__ import annotations
 
@@ -26,6 +26,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     toy = dsub.add_parser("toy", help="the toy corpus (tone-coded number words) used by configs/tiny.toml")
     toy.add_argument("--out", required=True, type=Path)
     toy.set_defaults(run=_toy)
+
+    b = dsub.add_parser("build", help="the synthetic speech corpus: ASR, ST (de, it, zh) and SQA manifests",
+                        description="Synthesise the training corpus offline from installed text and voices. "
+                                    "Cached and resumable: rerun the same command after an interruption.")
+    b.add_argument("--out", required=True, type=Path, help="corpus directory (manifests, audio/)")
+    b.add_argument("--size", default="full", choices=["small", "full"],
+                   help="small: a sample in under a minute; full: everything (default)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--jobs", type=int, default=2, help="synthesis worker processes (default 2)")
+    b.add_argument("--max-hours", type=float, metavar="H",
+                   help="stop training synthesis at H hours of audio (run again with more to continue)")
+    b.add_argument("--engines", type=_engine_list, metavar="E,E", help="only these engines "
+                   "(kokoro, piper, flite, festival, espeak; default all); another selection is another corpus")
+    b.add_argument("--mix", type=_mix, metavar="E=SHARE,...",
+                   help="share of training utterances per engine (default kokoro=0.35,piper=0.15,flite=0.2,"
+                        "festival=0.05,espeak=0.25)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.set_defaults(run=_build)
+
+    real = dsub.add_parser("real", help="the manifest of real human recordings (evaluation only)")
+    real.add_argument("--out", required=True, type=Path)
+    real.set_defaults(run=_real)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -56,4 +78,46 @@ def _toy(args: argparse.Namespace) -> int:
 
     out = build_toy(args.out)
     print(f"toy corpus in {out}")
+    return 0
+
+
+def _engine_list(value: str) -> list[str]:
+    return [e.strip() for e in value.split(",") if e.strip()]
+
+
+def _mix(value: str) -> dict[str, float]:
+    mix: dict[str, float] = {}
+    for part in value.split(","):
+        name, sep, share = part.partition("=")
+        try:
+            mix[name.strip()] = float(share)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected ENGINE=SHARE, got {part!r}") from None
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected ENGINE=SHARE, got {part!r}")
+    return mix
+
+
+def _build(args: argparse.Namespace) -> int:
+    from .corpus.build import build_corpus
+    from .corpus.voices import ENGINES
+
+    result = build_corpus(args.out, seed=args.seed, size=args.size, jobs=args.jobs,
+                          engines=args.engines or list(ENGINES), progress=not args.no_progress,
+                          max_hours=args.max_hours, mix=args.mix)
+    hours = ", ".join(f"{s} {h:.2f} h" for s, h in result.hours.items())
+    print(f"corpus in {result.out}: {result.done} of {result.planned} utterances ({hours})"
+          + (f"; {result.failed} failed" if result.failed else ""))
+    if result.interrupted:
+        print("interrupted: run the same command again to resume")
+        return 130
+    if result.budget_reached:
+        print(f"stopped at --max-hours {args.max_hours}: run again with more to continue")
+    return 0
+
+
+def _real(args: argparse.Namespace) -> int:
+    from .corpus.real import build_real_manifest
+
+    print(f"real speech manifest: {build_real_manifest(args.out)}")
     return 0

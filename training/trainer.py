@@ -182,7 +182,7 @@ class Trainer:
 
     def _base(self) -> Base:
         """Load OUT/base if a previous stage or run wrote it, else build and write it."""
-        if (self.base_dir / "tokenizer").is_dir():
+        if (self.base_dir / "parts.json").is_file():
             try:
                 check_base(self.base_dir, self.cfg)
             except CheckpointError as e:

@@ -1,0 +1,229 @@
+"""tympan against faster-whisper on the same real recordings, the same machine and thread count, in one run.
+
+    .venv/bin/python benchmarks/peer.py [--bundle DIR] [--threads 2] [--whisper base,tiny.en]
+        [--compute-type int8] [--repeat 1] [--manifest JSONL] [--json OUT]
+
+faster-whisper is the engine behind WhisperLive, WhisperLiveKit and speaches; it loads the Whisper
+CTranslate2 files that tympan's default encoder comes from (`tympan.training.base_models.whisper_ct2_dir`).
+
+- tympan: `tympan serve` on a free loopback port with `server.threads` = `--threads`; each utterance is
+  streamed in its own session at real-time pace (0.5 s of silence, the recording, 1.5 s of silence).
+  Latency: from sending the chunk that holds the end of speech to receiving the final, at the client (it
+  includes the endpoint silence, `vad.silence_ms`). RTF: the daemon's model compute (partials included)
+  per second of finalised audio, from /metrics. CPU: the daemon process' CPU time over the pass.
+- faster-whisper: `WhisperModel(dir, device="cpu", compute_type, cpu_threads=--threads)`, each utterance
+  transcribed whole, greedy (`beam_size=1, language="en", vad_filter=False,
+  condition_on_previous_text=False`). Latency: the wall time of the call, i.e. its latency if called at the
+  end of speech with no endpointing at all. RTF: that time per audio second. CPU: this process' CPU time.
+- CPU is per second of recorded speech (the utterances, not the silences around them) for both, so the
+  columns compare. One warm-up utterance per system is not counted. WER: `tympan.scoring.wer` (Whisper's
+  English normalisation) over all utterances.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from common import (
+    BenchmarkError,
+    Listener,
+    Utterance,
+    cpu_seconds,
+    manifest_utterances,
+    quantile,
+    real_utterances,
+    scrape_metrics,
+    silence,
+    stream,
+)
+
+LEAD_S, TAIL_S = 0.5, 1.5
+WHISPER_NAMES = {"base": "whisper-base", "tiny.en": "whisper-tiny.en"}
+
+
+@dataclass
+class Result:
+    id: str
+    reference: str
+    hypothesis: str
+    audio_s: float
+    latency_ms: float | None  # None: no final came back for it
+
+
+@dataclass
+class SystemRun:
+    system: str
+    results: list[Result]
+    rtf: float
+    cpu_per_audio_s: float
+    notes: str = ""
+
+    def row(self) -> dict:
+        from tympan.scoring import wer
+
+        lat = [r.latency_ms for r in self.results if r.latency_ms is not None]
+        return {"system": self.system,
+                "wer_pct": round(wer([r.reference for r in self.results], [r.hypothesis for r in self.results]), 2),
+                "latency_p50_ms": round(quantile(lat, 0.5), 1) if lat else None,
+                "latency_p95_ms": round(quantile(lat, 0.95), 1) if lat else None,
+                "rtf": round(self.rtf, 4), "cpu_s_per_audio_s": round(self.cpu_per_audio_s, 4),
+                "utterances": len(self.results), "missed": sum(r.latency_ms is None for r in self.results),
+                "notes": self.notes}
+
+
+# --- tympan -----------------------------------------------------------------------------------
+
+
+async def stream_one(url: str, utt: Utterance) -> Result:
+    listener = Listener()
+    if not await stream(url, [silence(LEAD_S), utt.audio, silence(TAIL_S)], listener):
+        raise BenchmarkError(f"{utt.id}: the stream failed: {listener.errors[0]}")
+    finals = sorted(listener.finals, key=lambda f: f.end)
+    text = " ".join(f.text for f in finals if f.text.strip())
+    # The utterance's last final closes it: its latency is what a user waits for after speaking.
+    latency = finals[-1].latency_s * 1000 if finals else None
+    return Result(utt.id, utt.text, text, utt.seconds, latency)
+
+
+def run_tympan(bundle: Path, utterances: list[Utterance], threads: int, repeat: int) -> SystemRun:
+    from daemon_harness import DaemonProcess
+
+    work = Path(tempfile.mkdtemp(prefix="tympan-bench-peer-"))
+    env = {"TYMPAN_SERVER_THREADS": str(threads), "TYMPAN_SERVER_HOST": "127.0.0.1"}
+    with DaemonProcess(bundle, work, "", env=env) as daemon:
+        asyncio.run(stream_one(daemon.url, utterances[0]))  # warm-up
+        before, cpu0 = scrape_metrics(daemon.http), cpu_seconds(daemon.proc.pid)
+        results = [asyncio.run(stream_one(daemon.url, u)) for _ in range(repeat) for u in utterances]
+        after, cpu1 = scrape_metrics(daemon.http), cpu_seconds(daemon.proc.pid)
+    compute = after["tympan_model_compute_seconds_total"] - before["tympan_model_compute_seconds_total"]
+    finalised = after["tympan_final_audio_seconds_total"] - before["tympan_final_audio_seconds_total"]
+    audio = sum(r.audio_s for r in results)
+    return SystemRun(f"tympan ({bundle.name}, {threads} threads)", results,
+                     rtf=compute / finalised if finalised else float("nan"), cpu_per_audio_s=(cpu1 - cpu0) / audio,
+                     notes="latency: end of speech to final over a real-time stream (endpoint silence included)")
+
+
+# --- faster-whisper ---------------------------------------------------------------------------
+
+
+def run_faster_whisper(name: str, utterances: list[Utterance], threads: int, compute_type: str,
+                       repeat: int) -> SystemRun:
+    from faster_whisper import WhisperModel
+
+    from tympan.training.base_models import whisper_ct2_dir
+
+    model = WhisperModel(str(whisper_ct2_dir(WHISPER_NAMES[name])), device="cpu", compute_type=compute_type,
+                         cpu_threads=threads)
+
+    def transcribe(utt: Utterance) -> str:
+        segments, _ = model.transcribe(utt.audio, beam_size=1, language="en", vad_filter=False,
+                                       condition_on_previous_text=False)
+        return "".join(s.text for s in segments)  # segments is lazy: decoding happens here
+
+    transcribe(utterances[0])  # warm-up
+    results, wall_total, cpu_total = [], 0.0, 0.0
+    for _ in range(repeat):
+        for u in utterances:
+            t0, c0 = time.perf_counter(), time.process_time()
+            text = transcribe(u)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            wall_total, cpu_total = wall_total + wall, cpu_total + cpu
+            results.append(Result(u.id, u.text, text.strip(), u.seconds, wall * 1000))
+    audio = sum(r.audio_s for r in results)
+    return SystemRun(f"faster-whisper {name} ({compute_type}, {threads} threads)", results,
+                     rtf=wall_total / audio, cpu_per_audio_s=cpu_total / audio,
+                     notes="latency: transcription time of the whole utterance, called at its end")
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def print_table(rows: list[dict], header: str) -> None:
+    print(header)
+    print()
+    print("| system | WER % | latency p50 ms | latency p95 ms | RTF | CPU s per audio s |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        missed = f" ({r['missed']} of {r['utterances']} without a final)" if r["missed"] else ""
+        print(f"| {r['system']}{missed} | {r['wer_pct']:.1f} | {fmt(r['latency_p50_ms'], '.0f')} | "
+              f"{fmt(r['latency_p95_ms'], '.0f')} | {r['rtf']:.3f} | {r['cpu_s_per_audio_s']:.3f} |")
+    print()
+    for r in rows:
+        print(f"{r['system']}: {r['notes']}")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bundle", type=Path, help="tympan bundle (default: the default bundle, built if missing)")
+    p.add_argument("--threads", type=int, default=2, help="inference threads for both systems")
+    p.add_argument("--whisper", default="base,tiny.en", help=f"faster-whisper models: {', '.join(WHISPER_NAMES)}")
+    p.add_argument("--compute-type", default="int8", help="faster-whisper compute type (int8, float32, ...)")
+    p.add_argument("--repeat", type=int, default=1, help="passes over the utterances (more latency samples)")
+    p.add_argument("--limit", type=int, help="only the first N utterances (a quick check)")
+    p.add_argument("--manifest", type=Path, help="a training-format JSONL manifest instead of the real recordings")
+    p.add_argument("--json", type=Path, help="write the table rows and every utterance's result here")
+    args = p.parse_args(argv)
+    args.whisper = [w for w in args.whisper.split(",") if w]
+    unknown = [w for w in args.whisper if w not in WHISPER_NAMES]
+    if unknown:
+        p.error(f"--whisper: unknown model {unknown[0]!r} (known: {', '.join(WHISPER_NAMES)})")
+    for name in ("threads", "repeat", "limit"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            p.error(f"--{name} must be >= 1, got {value}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    utterances = manifest_utterances(args.manifest) if args.manifest else real_utterances()
+    utterances = utterances[: args.limit] if args.limit else utterances
+    from tympan.daemon.cli import default_bundle
+
+    bundle = args.bundle or default_bundle()
+    runs = [run_tympan(bundle, utterances, args.threads, args.repeat)]
+    runs += [run_faster_whisper(w, utterances, args.threads, args.compute_type, args.repeat) for w in args.whisper]
+    rows = [r.row() for r in runs]
+    audio = sum(u.seconds for u in utterances)
+    header = (f"{len(utterances)} real recordings ({audio:.1f} s of speech, "
+              f"{statistics.mean(u.seconds for u in utterances):.1f} s each) x {args.repeat}; "
+              f"{args.threads} threads each; {cpu_model()}, {os.cpu_count()} cores")
+    print_table(rows, header)
+    if args.json:
+        data = {"header": header, "bundle": str(bundle), "threads": args.threads, "compute_type": args.compute_type,
+                "rows": rows, "utterances": {r.system: [asdict(x) for x in r.results] for r in runs}}
+        tmp = args.json.with_name(args.json.name + ".tmp")
+        tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False))
+        tmp.replace(args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchmarkError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
