@@ -48,6 +48,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tympan.session")
 
+# Error messages may quote what the client sent. Quoted whole, an error could be as large as the frame
+# that caused it (limits.max_frame_bytes), and limits.send_queue of them wait for a client that does not read.
+MAX_ERROR_CHARS = 300
+
+
+def refusal(e: ProtocolError) -> str:
+    """The error event for a refused client message, its text cut short."""
+    message = str(e)
+    if len(message) > MAX_ERROR_CHARS:
+        message = message[: MAX_ERROR_CHARS - 1] + "…"
+    return error_event(e.code, message)
+
 
 class Closing(Exception):
     """End the session: close the websocket with this code and reason."""
@@ -198,7 +210,7 @@ class StreamSession:
                 raise ProtocolError("bad_request", "the first message must be 'start'")
             self.daemon.check_request(message.request)
         except ProtocolError as e:
-            self.send(error_event(e.code, str(e)))
+            self.send(refusal(e))
             raise Closing(1008, "bad start message") from None
         if not self.daemon.admit(self):
             self.send(error_event("overloaded", "the server is at capacity; try again later"))
@@ -237,7 +249,7 @@ class StreamSession:
                 try:
                     audio = decode_audio(frame, self.encoding)
                 except ProtocolError as e:
-                    self.send(error_event(e.code, str(e)))
+                    self.send(refusal(e))
                     raise Closing(1003, "invalid audio frame") from None
                 self._audio(audio)
                 continue
@@ -251,7 +263,7 @@ class StreamSession:
                     self.request = request
                     continue
             except ProtocolError as e:
-                self.send(error_event(e.code, str(e)))  # the session goes on with its previous request
+                self.send(refusal(e))  # the session goes on with its previous request
                 continue
             assert isinstance(message, Stop)
             await self._end_of_stream()

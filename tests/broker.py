@@ -8,6 +8,7 @@
             broker.kill()                           # SIGKILL: no clean shutdown, clients see EOF
             broker.start()                          # again, on the same port
             broker.freeze(); broker.thaw()           # SIGSTOP / SIGCONT: a hung broker
+            broker.allow_anonymous(False)           # rewrite the config and reload it (SIGHUP)
             broker.stop()                           # SIGTERM, waits for exit
 
     async with Subscriber(broker.port, "tympan/#") as sub:   # aiomqtt, QoS 1 by default
@@ -62,14 +63,27 @@ class Broker:
         self.port = port or free_port()
         self.config_path = self.workdir / f"mosquitto-{self.port}.conf"
         self.log_path = self.workdir / f"mosquitto-{self.port}.log"
+        self.extra_config = extra_config
+        self._write_config(allow_anonymous)
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def _write_config(self, allow_anonymous: bool) -> None:
         self.config_path.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous {str(allow_anonymous).lower()}\n"
             "log_dest stdout\npersistence false\n"
             # As root, mosquitto drops to user `mosquitto`, who cannot read pytest's private tmp dirs.
             + ("user root\n" if os.geteuid() == 0 else "")
-            + extra_config
+            + self.extra_config
         )
-        self._proc: subprocess.Popen[bytes] | None = None
+
+    def allow_anonymous(self, allowed: bool) -> None:
+        """Let clients without a username in, or not, from the next connection on (SIGHUP reloads the config;
+        connected clients stay). With a `password_file` in `extra_config`, a test can let its own subscriber in
+        first after a restart, then open the gate for the daemons, so none of their messages is missed."""
+        self._write_config(allowed)
+        if self.running:
+            assert self._proc is not None
+            self._proc.send_signal(signal.SIGHUP)
 
     @property
     def url(self) -> str:

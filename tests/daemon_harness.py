@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import ssl
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +44,12 @@ def write_wav(path: Path, audio: np.ndarray, rate: int = 16000) -> Path:
 
 
 class DaemonProcess:
-    def __init__(self, bundle: Path, workdir: Path, config: str = "", env: dict[str, str] | None = None) -> None:
+    """`tympan serve` in a child process. With `tls` (a client context that trusts the daemon's certificate,
+    for a daemon configured with `[tls]`), `url` is wss:// and health/metrics go over https://."""
+
+    def __init__(self, bundle: Path, workdir: Path, config: str = "", env: dict[str, str] | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
+        self.tls = tls
         self.port = free_port()
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -54,11 +62,25 @@ class DaemonProcess:
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/v1/stream"
+        return f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self.port}/v1/stream"
+
+    @property
+    def vosk_url(self) -> str:
+        return self.url.replace("/v1/stream", "/vosk")
 
     @property
     def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def rss_mb(self) -> float:
+        """The daemon's resident memory now (from /proc), in MiB."""
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1)) / 1024  # type: ignore[union-attr]
 
     def start(self, timeout: float = 90.0) -> DaemonProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the process' lifetime
@@ -77,11 +99,11 @@ class DaemonProcess:
         raise RuntimeError(f"daemon not ready after {timeout} s:\n{self.log()}")
 
     def health(self) -> dict:
-        with urllib.request.urlopen(f"{self.http}/healthz", timeout=2) as r:
+        with urllib.request.urlopen(f"{self.http}/healthz", timeout=2, context=self.tls) as r:
             return json.loads(r.read())
 
     def metrics(self) -> dict[str, float]:
-        with urllib.request.urlopen(f"{self.http}/metrics", timeout=2) as r:
+        with urllib.request.urlopen(f"{self.http}/metrics", timeout=2, context=self.tls) as r:
             text = r.read().decode()
         out = {}
         for line in text.splitlines():
@@ -92,6 +114,36 @@ class DaemonProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_metrics(self, predicate: Callable[[dict[str, float]], bool], timeout: float = 30.0) -> dict[str, float]:
+        """Poll /metrics until `predicate` holds; AssertionError with the last reading on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            m = self.metrics()
+            if predicate(m):
+                return m
+            if time.monotonic() > deadline:
+                raise AssertionError(f"metrics did not reach the condition within {timeout} s: "
+                                     f"{ {k: v for k, v in m.items() if 'bucket' not in k} }")
+            time.sleep(0.05)
+
+    def wait_log(self, pattern: str, count: int = 1, timeout: float = 30.0) -> list[str]:
+        """Wait until `count` lines of the daemon's log match the regex `pattern`; returns the matching lines."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = [line for line in self.log().splitlines() if re.search(pattern, line)]
+            if len(lines) >= count:
+                return lines
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(lines)} of {count} log lines matching {pattern!r} after {timeout} s:\n"
+                                     + self.log()[-3000:])
+            time.sleep(0.05)
+
+    def tracebacks(self) -> list[str]:
+        """Each traceback in the daemon's log (an unexpected exception anywhere), with the line that logged it."""
+        lines = self.log().splitlines()
+        return ["\n".join(lines[max(0, i - 1) : i + 30]) for i, line in enumerate(lines)
+                if line.startswith("Traceback")]
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
         assert self.proc is not None
@@ -109,3 +161,17 @@ class DaemonProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def offline_finals(bundle: Path, audio: np.ndarray, task: str = "st", target_lang: str = "de") -> list[str]:
+    """The texts of the finals an offline run gives for `audio` (16 kHz, as sent in PCM16): the daemon's
+    segmenter with its default settings and the bundle's model, no daemon, no network."""
+    from tympan.daemon.config import DaemonConfig
+    from tympan.daemon.model import SpeechModel
+    from tympan.daemon.vad import Segmenter, UtteranceEnded
+
+    model = SpeechModel.load(bundle)
+    segmenter = Segmenter(DaemonConfig().vad, 16000)
+    events = segmenter.push(as_sent(audio)) + segmenter.finish()
+    instruction = model.prompts.instruction(task, target_lang)
+    return [model.respond(e.audio, instruction) for e in events if isinstance(e, UtteranceEnded)]

@@ -100,6 +100,21 @@ def test_dev_and_test_are_held_out_by_sentence_and_voice(corpus: Path) -> None:
     assert all(u["voice"] in {v["id"] for v in voices[u["split"]]} for u in utts)
 
 
+def test_text_manifest_covers_training_sentences_only(corpus: Path) -> None:
+    """text.jsonl: MT and text-QA lines of training sentences, none of dev or test."""
+    text = load_manifest(corpus / "text.jsonl")
+    assert text and all(not ex.is_speech and ex.text for ex in text)
+    assert {ex.task for ex in text} == {"st", "sqa"}
+    sources = {normalise(ex.text or "") for ex in text}
+    for held_out in ("dev", "test"):
+        held = {normalise(ex.text or ex.target) for ex in load_manifest(corpus / f"{held_out}.jsonl")}
+        assert held and not held & sources, held_out
+    # Every synthesised training sentence with a translation has its MT lines there too.
+    train_st = {(normalise(ex.text or ""), ex.tgt_lang, ex.target) for ex in load_manifest(corpus / "train.jsonl")
+                if ex.task == "st"}
+    assert train_st and train_st <= {(normalise(ex.text or ""), ex.tgt_lang, ex.target) for ex in text}
+
+
 def test_rerun_is_a_noop_and_a_lost_file_is_remade(corpus: Path) -> None:
     before = _files(corpus)
     manifests = {s: (corpus / f"{s}.jsonl").read_bytes() for s in SPLITS}

@@ -79,3 +79,21 @@ def test_stages_take_their_modalities_and_joint_pairs_st_with_mt(toy_corpus: Pat
     assert [b.examples for b in plan] == [b.examples for b in again]
     other = epoch_plan(speech, text, 4, seed=0, epoch=1, pair_text=True)
     assert [b.examples for b in plan] != [b.examples for b in other]
+
+
+def test_length_buckets_cut_padding_and_keep_every_example(toy_corpus: Path) -> None:
+    from tympan.training.data import _length
+
+    examples = load_manifest(toy_corpus / "train.jsonl")
+    speech, text = stage_examples(examples, "joint", ["asr", "st", "sqa"])
+
+    def padding(plan: list) -> int:
+        return sum(len(b.examples) * max(map(_length, b.examples)) - sum(map(_length, b.examples)) for b in plan)
+
+    plain = epoch_plan(speech, text, 4, seed=0, epoch=0, pair_text=False)
+    bucketed = epoch_plan(speech, text, 4, seed=0, epoch=0, pair_text=False, length_buckets=True)
+    assert sorted(e.id for b in bucketed for e in b.examples) == sorted(e.id for b in plain for e in b.examples)
+    assert all(len({e.is_speech for e in b.examples}) == 1 for b in bucketed)
+    assert padding(bucketed) < padding(plain)
+    again = epoch_plan(speech, text, 4, seed=0, epoch=0, pair_text=False, length_buckets=True)
+    assert [b.examples for b in bucketed] == [b.examples for b in again]

@@ -123,6 +123,9 @@ class StageConfig:
     tasks: list[Task] = field(default_factory=lambda: ["asr", "st", "sqa"])
     # Joint stage: after a speech ST batch, train on the same examples as text (MT).
     pair_text: bool = True
+    # Joint stage: also train on the manifests' text-only lines (the lora stage always does).
+    # Off when text-only lines far outnumber speech and would crowd it out.
+    text_lines: bool = True
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,8 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     weight_decay: float = field(default=0.0, metadata=check(non_negative))
     max_grad_norm: float = field(default=1.0, metadata=check(non_negative))
+    # Batch examples of similar length (sorted within windows of 32 batches): less padding.
+    length_buckets: bool = False
     # Compute encoder outputs once per audio file and train from the cache.
     cache_encoder: bool = True
     cache_dtype: Literal["float32", "float16"] = "float32"

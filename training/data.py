@@ -159,8 +159,25 @@ def _chunks(items: list[Example], size: int) -> list[tuple[Example, ...]]:
     return [tuple(items[i : i + size]) for i in range(0, len(items), size)]
 
 
+def _length(e: Example) -> int:
+    # Characters of the longer side (source or answer): on a CPU, padding a batch of short
+    # commands to a 60-word passage wastes most of a step.
+    return max(len(e.text or ""), len(e.target))
+
+
+def _bucketed(items: list[Example], size: int, rng: random.Random, window: int = 32) -> list[tuple[Example, ...]]:
+    """Batches of similar length: sort within windows of `window` batches, then shuffle the batches."""
+    batches: list[tuple[Example, ...]] = []
+    span = size * window
+    for i in range(0, len(items), span):
+        batches += _chunks(sorted(items[i : i + span], key=_length), size)
+    rng.shuffle(batches)
+    return batches
+
+
 def epoch_plan(
-    speech: Sequence[Example], text: Sequence[Example], batch_size: int, seed: int, epoch: int, pair_text: bool
+    speech: Sequence[Example], text: Sequence[Example], batch_size: int, seed: int, epoch: int, pair_text: bool,
+    length_buckets: bool = False,
 ) -> list[PlannedBatch]:
     """One epoch of batches, a deterministic function of (seed, epoch).
 
@@ -173,8 +190,10 @@ def epoch_plan(
     t = list(text)
     rng.shuffle(s)
     rng.shuffle(t)
-    s_batches = _chunks(s, batch_size)
-    t_batches = _chunks(t, batch_size)
+    if length_buckets:
+        s_batches, t_batches = _bucketed(s, batch_size, rng), _bucketed(t, batch_size, rng)
+    else:
+        s_batches, t_batches = _chunks(s, batch_size), _chunks(t, batch_size)
     plan: list[PlannedBatch] = []
     total = len(s_batches) + len(t_batches)
     si = ti = 0
@@ -196,12 +215,13 @@ def epoch_plan(
 
 
 def batch_stream(
-    speech: Sequence[Example], text: Sequence[Example], batch_size: int, seed: int, pair_text: bool
+    speech: Sequence[Example], text: Sequence[Example], batch_size: int, seed: int, pair_text: bool,
+    length_buckets: bool = False,
 ) -> Iterator[PlannedBatch]:
     """Endless stream of batches, epoch after epoch."""
     if not speech and not text:
         raise ManifestError("no training examples for this stage (check the manifests and the stage's tasks)")
     epoch = 0
     while True:
-        yield from epoch_plan(speech, text, batch_size, seed, epoch, pair_text)
+        yield from epoch_plan(speech, text, batch_size, seed, epoch, pair_text, length_buckets)
         epoch += 1

@@ -269,6 +269,8 @@ class Trainer:
             return StageOutcome(stage, read_meta(final)["step"], final, None)
 
         speech, text = stage_examples(self.train_examples, stage, scfg.tasks)
+        if stage == "joint" and not scfg.text_lines:
+            text = []
         if stage == "projector" and not speech:
             raise TrainError("projector stage: no speech examples for tasks " + ", ".join(scfg.tasks))
         if stage == "lora" and not text:
@@ -339,7 +341,7 @@ class Trainer:
         micro_per_step = cfg.train.grad_accum * acc.num_processes
         # Paired MT batches train only LoRA: they belong to the joint stage.
         pair = scfg.pair_text and stage == "joint"
-        stream = batch_stream(speech, text, cfg.train.batch_size, cfg.seed, pair)
+        stream = batch_stream(speech, text, cfg.train.batch_size, cfg.seed, pair, cfg.train.length_buckets)
         for _ in range(step * micro_per_step):  # replay the plan up to the resume point
             next(stream)
 

@@ -15,7 +15,8 @@ Synthesis: each utterance's audio path is a hash of everything that makes its so
 voice, speed, augmentation, text), so an existing file is a finished job: a rerun skips it,
 and an interrupted run resumes. Files are written under a temporary name and renamed. Dev and
 test come first, then training in a shuffled order that interleaves the engines. The manifests
-(`train.jsonl`, `dev.jsonl`, `test.jsonl`), `utterances.jsonl` (voice, speed and augmentation
+(`train.jsonl`, `dev.jsonl`, `test.jsonl`; `text.jsonl`: text-only MT and QA lines of every
+training sentence, written once), `utterances.jsonl` (voice, speed and augmentation
 of every utterance), `voices.json` and `recipe.json` are rewritten atomically as work
 progresses and list only audio that exists, so training can start on a partial corpus.
 """
@@ -339,6 +340,19 @@ def _voice_split(items: list[TextItem], split: str, cat: VoiceCatalogue, seed: i
     return out
 
 
+def text_lines(items: Iterator[TextItem]) -> Iterator[dict[str, str]]:
+    """Text-only examples (MT and text QA) of training sentences, synthesised or not: the LoRA
+    stage learns translation and answering from them at no synthesis cost."""
+    for item in items:
+        for lang in sorted(item.translations):
+            if lang != SRC_LANG:
+                yield {"id": f"{item.id}/st-{lang}", "src_lang": SRC_LANG, "task": "st", "tgt_lang": lang,
+                       "target": item.translations[lang], "text": item.text}
+        for k, qa in enumerate(item.qa):
+            yield {"id": f"{item.id}/sqa-{k}", "src_lang": SRC_LANG, "task": "sqa", "tgt_lang": qa.lang,
+                   "question": qa.question, "target": qa.answer, "text": item.text}
+
+
 def manifest_lines(u: Utterance) -> Iterator[dict[str, str]]:
     """The examples one utterance's audio serves."""
     base = {"audio": u.audio, "src_lang": SRC_LANG}
@@ -379,6 +393,7 @@ class Corpus:
         self.settings = settings  # what the plan is a function of: seed, size, engines, mix
         self.seconds: dict[str, float] = {}  # utterance id -> seconds, for audio that exists
         self.failed: dict[str, str] = {}
+        self._text_written = False
 
     def scan(self) -> None:
         import soundfile as sf
@@ -404,6 +419,10 @@ class Corpus:
             rows = (line for u in self.plan.utterances if u.split == split and self.listed(u)
                     for line in manifest_lines(u))
             _write_if_changed(self.out / f"{split}.jsonl", _jsonl(rows))
+        if not self._text_written:
+            train_items = {u.item.id: u.item for u in self.plan.utterances if u.split == "train"}
+            _write_if_changed(self.out / "text.jsonl", _jsonl(text_lines(iter(train_items.values()))))
+            self._text_written = True
         records = (u.record(self.seconds[u.id]) for u in self.plan.utterances if self.listed(u))
         _write_if_changed(self.out / "utterances.jsonl", _jsonl(records))
         _write_if_changed(self.out / "voices.json", json.dumps(self.plan.catalogue.as_json(), indent=1) + "\n")
@@ -541,6 +560,7 @@ def _synthesise(out: Path, plan: Plan, settings: dict[str, Any], jobs: int, prog
 
     corpus = Corpus(out, plan, settings)
     corpus.scan()
+    corpus.write(complete=False)  # text.jsonl at once: the lora stage needs no audio
 
     train_hours = corpus.hours("train")
     pending = [u for u in plan.utterances if u.id not in corpus.seconds]
