@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from tympan.daemon.metrics import parse_exposition
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the daemon harness the tests use (DaemonProcess, free ports)
 
@@ -246,13 +248,7 @@ def http_base(ws_url: str) -> str:
 def scrape_metrics(http: str) -> dict[str, float]:
     """The daemon's /metrics as {sample name (labels included): value}."""
     with urllib.request.urlopen(f"{http}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
+        return parse_exposition(r.read().decode())
 
 
 def cpu_seconds(pid: int) -> float:

@@ -81,3 +81,14 @@ class Registry:
 
     def render(self) -> str:
         return "\n".join(line for m in self.metrics for line in m.lines()) + "\n"
+
+
+def parse_exposition(text: str) -> dict[str, float]:
+    """Prometheus text exposition -> {sample name (labels included): value}: what clients of
+    /metrics (tests, benchmarks) read back."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out

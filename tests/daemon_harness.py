@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from broker import free_port
 
+from tympan.daemon.metrics import parse_exposition
+
 ALSA = Path("/usr/share/sounds/alsa")
 
 
@@ -104,13 +106,7 @@ class DaemonProcess:
 
     def metrics(self) -> dict[str, float]:
         with urllib.request.urlopen(f"{self.http}/metrics", timeout=2, context=self.tls) as r:
-            text = r.read().decode()
-        out = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, value = line.rsplit(" ", 1)
-                out[name] = float(value)
-        return out
+            return parse_exposition(r.read().decode())
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
