@@ -44,7 +44,7 @@ def _copy_trained(src: Path, dst: Path, dtype: torch.dtype) -> None:
             if item.suffix == ".safetensors":
                 state = load_file(str(item))
                 save_file({k: v.to(dtype).contiguous() for k, v in state.items()}, str(dst / "adapter" / item.name))
-            else:
+            elif item.suffix == ".json":  # adapter_config.json; not PEFT's generated model card
                 shutil.copy(item, dst / "adapter" / item.name)
 
 
