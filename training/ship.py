@@ -20,15 +20,21 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tympan.atomic import atomic_directory
+from tympan.config import tympan_home
 
 from .checkpoint import CheckpointError, read_meta
+
+
+def _portable(text: str) -> str:
+    """This machine's $TYMPAN_HOME written as `$TYMPAN_HOME`: a shipped file names no local path."""
+    return text.replace(str(tympan_home()), "$TYMPAN_HOME")
 
 
 def _copy_trained(src: Path, dst: Path, dtype: torch.dtype) -> None:
     """checkpoint.json, config.toml, base/parts.json and the trained weights in `dtype`."""
     meta = read_meta(src)
-    for name in ("checkpoint.json", "config.toml"):
-        shutil.copy(src / name, dst / name)
+    shutil.copy(src / "checkpoint.json", dst / "checkpoint.json")
+    (dst / "config.toml").write_text(_portable((src / "config.toml").read_text(encoding="utf-8")), encoding="utf-8")
     random_parts = [n for n in ("encoder.safetensors", "llm") if (src / "base" / n).exists()]
     if random_parts:
         raise CheckpointError(f"{src}/base/{random_parts[0]}: a randomly initialised part; only checkpoints on "
@@ -45,7 +51,8 @@ def _copy_trained(src: Path, dst: Path, dtype: torch.dtype) -> None:
                 state = load_file(str(item))
                 save_file({k: v.to(dtype).contiguous() for k, v in state.items()}, str(dst / "adapter" / item.name))
             elif item.suffix == ".json":  # adapter_config.json; not PEFT's generated model card
-                shutil.copy(item, dst / "adapter" / item.name)
+                (dst / "adapter" / item.name).write_text(_portable(item.read_text(encoding="utf-8")),
+                                                         encoding="utf-8")
 
 
 def _greedy(checkpoint: Path, manifest: Path, limit: int) -> list[str]:
