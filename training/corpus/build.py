@@ -414,15 +414,19 @@ class Corpus:
     def listed(self, u: Utterance) -> bool:
         return u.id in self.seconds and self.seconds[u.id] <= MAX_SECONDS
 
+    def write_text(self) -> None:
+        """text.jsonl: written once per run (its content depends on the plan alone)."""
+        if not self._text_written:
+            train_items = {u.item.id: u.item for u in self.plan.utterances if u.split == "train"}
+            _write_if_changed(self.out / "text.jsonl", _jsonl(text_lines(iter(train_items.values()))))
+            self._text_written = True
+
     def write(self, complete: bool) -> None:
         for split in SPLITS:
             rows = (line for u in self.plan.utterances if u.split == split and self.listed(u)
                     for line in manifest_lines(u))
             _write_if_changed(self.out / f"{split}.jsonl", _jsonl(rows))
-        if not self._text_written:
-            train_items = {u.item.id: u.item for u in self.plan.utterances if u.split == "train"}
-            _write_if_changed(self.out / "text.jsonl", _jsonl(text_lines(iter(train_items.values()))))
-            self._text_written = True
+        self.write_text()
         records = (u.record(self.seconds[u.id]) for u in self.plan.utterances if self.listed(u))
         _write_if_changed(self.out / "utterances.jsonl", _jsonl(records))
         _write_if_changed(self.out / "voices.json", json.dumps(self.plan.catalogue.as_json(), indent=1) + "\n")
@@ -560,7 +564,7 @@ def _synthesise(out: Path, plan: Plan, settings: dict[str, Any], jobs: int, prog
 
     corpus = Corpus(out, plan, settings)
     corpus.scan()
-    corpus.write(complete=False)  # text.jsonl at once: the lora stage needs no audio
+    corpus.write_text()  # at once: the lora stage needs no audio
 
     train_hours = corpus.hours("train")
     pending = [u for u in plan.utterances if u.id not in corpus.seconds]
