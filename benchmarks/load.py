@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import statistics
@@ -56,6 +55,8 @@ from common import (
     silence,
     stream,
 )
+
+from tympan.atomic import write_json
 
 MAX_CLIENTS = 64
 MAX_MINUTES = 120.0
@@ -439,12 +440,6 @@ def load_utterances(args: argparse.Namespace) -> tuple[list[Utterance], str]:
     if args.recordings:
         return directory_utterances(args.recordings), str(args.recordings)
     return real_utterances(), "Debian alsa-utils + pocketsphinx-testdata"
-
-
-def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:

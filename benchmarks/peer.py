@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import sys
@@ -45,6 +44,8 @@ from common import (
     silence,
     stream,
 )
+
+from tympan.atomic import write_json
 
 LEAD_S, TAIL_S = 0.5, 1.5
 WHISPER_NAMES = {"base": "whisper-base", "tiny.en": "whisper-tiny.en"}
@@ -215,9 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         data = {"header": header, "bundle": str(bundle), "threads": args.threads, "compute_type": args.compute_type,
                 "rows": rows, "utterances": {r.system: [asdict(x) for x in r.results] for r in runs}}
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False))
-        tmp.replace(args.json)
+        write_json(args.json, data)
     return 0
 
 

