@@ -55,7 +55,7 @@ def silence(seconds: float) -> np.ndarray:
 def manifest_utterances(path: Path) -> list[Utterance]:
     """The ASR speech lines of a training-format JSONL manifest, audio read at RATE."""
     from tympan.audio import load_audio
-    from tympan.training.data import load_manifest
+    from tympan.manifest import load_manifest
 
     out = [Utterance(ex.id, load_audio(ex.audio, RATE), ex.target)
            for ex in load_manifest(path) if ex.audio is not None and ex.task == "asr"]

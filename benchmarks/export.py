@@ -44,13 +44,13 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from tympan.daemon.bundle import load_bundle
-    from tympan.daemon.encoder import OnnxEncoder
-    from tympan.daemon.llm import load_llm
     from tympan.export.bundle import export_bundle
-    from tympan.export.encoder_onnx import torch_embeddings
-    from tympan.training.checkpoint import assemble_model, build_base, save_base, save_checkpoint
-    from tympan.training.config import load_config
+    from tympan.export.encoder_graph import torch_embeddings
+    from tympan.runtime.bundle import load_bundle
+    from tympan.runtime.llm import load_llm
+    from tympan.runtime.onnx_encoder import OnnxEncoder
+    from tympan.training.model.checkpoint import assemble_model, build_base, save_base, save_checkpoint
+    from tympan.training.recipe import load_config
     from tympan.training.trainer import resolve_manifest
 
     work = args.work or Path(tempfile.mkdtemp(prefix="tympan-bench-"))

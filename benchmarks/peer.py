@@ -4,7 +4,7 @@
         [--compute-type int8] [--repeat 1] [--manifest JSONL] [--json OUT]
 
 faster-whisper is the engine behind WhisperLive, WhisperLiveKit and speaches; it loads the Whisper
-CTranslate2 files that tympan's default encoder comes from (`tympan.training.base_models.whisper_ct2_dir`).
+CTranslate2 files that tympan's default encoder comes from (`tympan.training.model.base_models.whisper_ct2_dir`).
 
 - tympan: `tympan serve` on a free loopback port with `server.threads` = `--threads`; each utterance is
   streamed in its own session at real-time pace (0.5 s of silence, the recording, 1.5 s of silence).
@@ -120,7 +120,7 @@ def run_faster_whisper(name: str, utterances: list[Utterance], threads: int, com
                        repeat: int) -> SystemRun:
     from faster_whisper import WhisperModel
 
-    from tympan.training.base_models import whisper_ct2_dir
+    from tympan.training.model.base_models import whisper_ct2_dir
 
     model = WhisperModel(str(whisper_ct2_dir(WHISPER_NAMES[name])), device="cpu", compute_type=compute_type,
                          cpu_threads=threads)

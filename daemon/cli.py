@@ -4,21 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-
-def default_bundle() -> Path:
-    """The default bundle, built first if missing, in another process: serving never imports training."""
-    from tympan.export.default import default_bundle_path
-
-    path = default_bundle_path()
-    if not (path / "manifest.json").is_file():
-        print(f"building the default bundle in {path} (once) ...", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "tympan", "export", "--default"], check=True,
-                       stdout=subprocess.DEVNULL)
-    return path
+from tympan.errors import TympanError
+from tympan.runtime.bundle import default_bundle
 
 
 def add_bundle_argument(p: argparse.ArgumentParser) -> None:
@@ -63,8 +52,8 @@ def _serve(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from .config import load_daemon_config
-    from .server import run_daemon
+    from tympan.daemon.server import run_daemon
+    from tympan.daemon.settings import load_daemon_config
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_daemon_config(args.config, overrides={"server": {"host": args.host, "port": args.port,
@@ -76,10 +65,10 @@ def _serve(args: argparse.Namespace) -> int:
 def _stream(args: argparse.Namespace) -> int:
     import asyncio
 
-    from .client import file_chunks, mic_chunks, printer, stream
+    from tympan.daemon.client import file_chunks, mic_chunks, printer, stream
 
     if bool(args.file) == bool(args.mic):
-        raise ValueError("give a FILE or --mic")
+        raise TympanError("give a FILE or --mic")
     request: dict = {"task": args.task}
     if args.lang:
         request["target_lang"] = args.lang
@@ -93,8 +82,7 @@ def _stream(args: argparse.Namespace) -> int:
 
 def _infer(args: argparse.Namespace) -> int:
     from tympan.audio import load_audio
-
-    from .model import SpeechModel
+    from tympan.runtime.speech_model import SpeechModel
 
     model = SpeechModel.load(args.bundle or default_bundle())
     lang = args.lang or {"asr": "en", "st": "de", "sqa": "en"}[args.task]

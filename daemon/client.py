@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from tympan.errors import TympanError
+
 
 def read_pcm16(path: Path) -> tuple[bytes, int]:
     """A WAV/FLAC file as mono PCM16 bytes at its own rate (the daemon resamples)."""
@@ -36,7 +38,7 @@ async def mic_chunks(rate: int, chunk_ms: int) -> AsyncIterator[tuple[bytes, int
     try:
         import sounddevice as sd
     except (ImportError, OSError) as e:
-        raise RuntimeError(f"--mic needs the sounddevice package and PortAudio: {e}") from None
+        raise TympanError(f"--mic needs the sounddevice package and PortAudio: {e}") from None
     queue: asyncio.Queue[bytes] = asyncio.Queue()
     loop = asyncio.get_running_loop()
 

@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from .config import DecodeConfig
-from .model import SpeechModel
-from .protocol import Request
-from .text import repeating_tail
+from tympan.daemon.protocol import Request
+from tympan.daemon.settings import DecodeConfig
+from tympan.daemon.text import repeating_tail
+from tympan.runtime.speech_model import SpeechModel
 
 log = logging.getLogger("tympan.engine")
 

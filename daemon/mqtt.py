@@ -49,6 +49,7 @@ from typing import Any
 import aiomqtt
 
 from tympan.config import ConfigError, check, check_fields, tympan_home
+from tympan.errors import TympanError
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +197,7 @@ def hermes_text_captured(final: dict[str, Any], site: str, session_id: str) -> b
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-class SpoolLockedError(RuntimeError):
+class SpoolLockedError(TympanError, RuntimeError):
     """Another live process is using the same spool file."""
 
 
@@ -588,7 +589,7 @@ class Publisher:
         """Shut the TCP connection down without an MQTT DISCONNECT; False if there was none."""
         # aiomqtt keeps its paho client private and has no abort; paho's socket() itself is public.
         sock = client._client.socket()
-        if sock is None:
+        if not isinstance(sock, socket.socket):  # none, or a websocket transport tympan does not use
             return False
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)

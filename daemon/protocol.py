@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from tympan.errors import TympanError
+
 VERSION = 1
 TASKS = ("asr", "st", "sqa")
 LANGS = ("en", "de", "it", "zh")
@@ -25,7 +27,7 @@ MAX_TEXT = 2000  # characters of a question or instruction
 ErrorCode = Literal["bad_request", "unsupported", "unauthorized", "overloaded", "internal"]
 
 
-class ProtocolError(ValueError):
+class ProtocolError(TympanError, ValueError):
     """A client message is invalid; `code` is the error event's code."""
 
     def __init__(self, code: ErrorCode, message: str) -> None:
@@ -52,7 +54,7 @@ class Start:
 
 
 @dataclass(frozen=True)
-class Config:
+class Reconfigure:
     changes: dict[str, Any]
 
 
@@ -61,7 +63,7 @@ class Stop:
     pass
 
 
-ClientMessage = Start | Config | Stop
+ClientMessage = Start | Reconfigure | Stop
 
 
 def _text(obj: dict[str, Any], key: str) -> str | None:
@@ -128,14 +130,14 @@ def parse_text(frame: str) -> ClientMessage:
         return Start(_request_fields(obj, Request()), rate, encoding, session_id)
     if kind == "config":
         _no_unknown(obj, {"type", "task", "target_lang", "question", "instruction"})
-        return Config({k: v for k, v in obj.items() if k != "type"})
+        return Reconfigure({k: v for k, v in obj.items() if k != "type"})
     if kind == "stop":
         _no_unknown(obj, {"type"})
         return Stop()
     raise ProtocolError("bad_request", f"unknown message type {kind!r} (start, config, stop)")
 
 
-def apply_config(base: Request, message: Config) -> Request:
+def apply_config(base: Request, message: Reconfigure) -> Request:
     return _request_fields(message.changes, base)
 
 

@@ -17,15 +17,14 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from tympan.config import ConfigError
-
-from . import systemd
-from .bundle import load_bundle
-from .config import DaemonConfig
-from .engine import Engine
-from .metrics import Counter, CounterReading, Gauge, Histogram, Registry
-from .model import SpeechModel
-from .mqtt import Publisher
-from .protocol import ProtocolError, Request, error_event
+from tympan.daemon import systemd
+from tympan.daemon.engine import Engine
+from tympan.daemon.metrics import Counter, CounterReading, Gauge, Histogram, Registry
+from tympan.daemon.mqtt import Publisher
+from tympan.daemon.protocol import ProtocolError, Request, error_event
+from tympan.daemon.settings import DaemonConfig
+from tympan.runtime.bundle import load_bundle
+from tympan.runtime.speech_model import SpeechModel
 
 log = logging.getLogger("tympan.daemon")
 STREAM_PATH = "/v1/stream"
@@ -248,8 +247,8 @@ class Daemon:
     @property
     def protocols(self) -> dict[str, type]:
         """Websocket paths and the session class that speaks each one's protocol."""
-        from .session import StreamSession
-        from .vosk import VOSK_PATH, VoskSession
+        from tympan.daemon.session import StreamSession
+        from tympan.daemon.vosk import VOSK_PATH, VoskSession
 
         return {STREAM_PATH: StreamSession, VOSK_PATH: VoskSession}
 

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .engine import Job
-from .protocol import (
-    Config,
+from tympan.daemon.engine import Job
+from tympan.daemon.protocol import (
     ProtocolError,
+    Reconfigure,
     Request,
     Start,
     Stop,
@@ -33,8 +33,8 @@ from .protocol import (
     parse_text,
     request_dict,
 )
-from .text import LocalAgreement
-from .vad import (
+from tympan.daemon.text import LocalAgreement
+from tympan.daemon.vad import (
     Segmenter,
     SpeechPaused,
     SpeechResumed,
@@ -44,7 +44,7 @@ from .vad import (
 )
 
 if TYPE_CHECKING:
-    from .server import Daemon
+    from tympan.daemon.server import Daemon
 
 log = logging.getLogger("tympan.session")
 
@@ -224,7 +224,7 @@ class StreamSession:
             import soxr
 
             self.resampler = soxr.ResampleStream(message.sample_rate, rate, 1, dtype="float32")
-        from .vad import Segmenter
+        from tympan.daemon.vad import Segmenter
 
         self.segmenter = Segmenter(self.cfg.vad, rate)
         self.send(event("ready", session_id=self.id, protocol=1, model=self.daemon.model_info,
@@ -257,7 +257,7 @@ class StreamSession:
                 message = parse_text(frame)
                 if isinstance(message, Start):
                     raise ProtocolError("bad_request", "already started; send 'config' to change the request")
-                if isinstance(message, Config):
+                if isinstance(message, Reconfigure):
                     request = apply_config(self.request, message)
                     self.daemon.check_request(request)
                     self.request = request

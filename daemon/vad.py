@@ -245,6 +245,8 @@ class Segmenter:
     hold no more than that.
     """
 
+    _pend: np.ndarray  # a partial frame between pushes, and how many samples of it are held
+    _npend: int
     _PITCH_MIN_MS = 90  # voiced audio needed before the pitch share is judged (3 frames at least)
 
     def __init__(self, cfg: VadConfig, sample_rate: int = 16000) -> None:

@@ -58,8 +58,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from .protocol import MAX_RATE, MIN_RATE, ProtocolError, Request, decode_audio
-from .session import Closing, StreamSession
+from tympan.daemon.protocol import MAX_RATE, MIN_RATE, ProtocolError, Request, decode_audio
+from tympan.daemon.session import Closing, StreamSession
 
 log = logging.getLogger("tympan.vosk")
 
@@ -200,7 +200,7 @@ class VoskSession(StreamSession):
         self.first = (frame, kind)
 
     def _begin_audio(self) -> None:
-        from .vad import Segmenter
+        from tympan.daemon.vad import Segmenter
 
         self.streaming = True
         rate, model_rate = self.vosk.sample_rate, self.daemon.model.sample_rate

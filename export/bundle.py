@@ -31,17 +31,17 @@ import numpy as np
 from tympan import __version__
 from tympan.atomic import atomic_directory
 from tympan.audio import load_audio
-from tympan.daemon.bundle import FORMAT, MANIFEST, load_bundle, sha256_file
-from tympan.training.checkpoint import load_checkpoint, read_meta
-from tympan.training.data import Example, load_manifests
-from tympan.training.model import SpeechLLM
-
-from .encoder_onnx import INPUTS, OPSET, OUTPUTS, export_encoder, torch_embeddings
+from tympan.errors import TympanError
+from tympan.export.encoder_graph import INPUTS, OPSET, OUTPUTS, export_encoder, torch_embeddings
+from tympan.manifest import Example, load_manifests
+from tympan.runtime.bundle import FORMAT, MANIFEST, load_bundle, sha256_file
+from tympan.training.model.checkpoint import load_checkpoint, read_meta
+from tympan.training.model.speech_llm import SpeechLLM
 
 ENCODER_TOLERANCE = 1e-4
 
 
-class ExportError(RuntimeError):
+class ExportError(TympanError, RuntimeError):
     """The export could not be made or did not pass its checks."""
 
 
@@ -104,7 +104,7 @@ def export_bundle(
 ) -> dict[str, Any]:
     import onnxruntime as ort
 
-    from tympan.daemon.model import SpeechModel
+    from tympan.runtime.speech_model import SpeechModel
 
     checkpoint, out = Path(checkpoint), Path(out)
     if out.exists() and not force:
@@ -154,7 +154,7 @@ def export_bundle(
             merged.save_pretrained(str(tmp / "llm"))
             llm_meta["dir"] = "llm"
         else:
-            from .llm_onnx import export_llm_onnx
+            from tympan.export.llm_graph import export_llm_onnx
 
             llm_meta["dir"] = "llm_onnx"
             # Weights in one external file: the session maps them instead of copying (~300 MB less RSS).
@@ -163,7 +163,7 @@ def export_bundle(
 
         encoder_file = "encoder.onnx"
         if quantize == "int8":
-            from .quantize import quantize_int8
+            from tympan.export.quantize import quantize_int8
 
             quantize_int8(tmp / "encoder.onnx", tmp / "encoder.int8.onnx")
             encoder_file = "encoder.int8.onnx"
@@ -234,9 +234,8 @@ def _check_prompts(model: SpeechLLM, served) -> None:
 
 
 def _int8_report(bundle, served, examples, audios, eval_manifests) -> dict[str, Any]:
-    from tympan.daemon.encoder import OnnxEncoder
-
-    from .quantize import comparison_report
+    from tympan.export.quantize import comparison_report
+    from tympan.runtime.onnx_encoder import OnnxEncoder
 
     items = [(a, served.prompts.instruction(e.task, e.tgt_lang, e.question), e.target)
              for e, a in zip(examples, audios, strict=True)]

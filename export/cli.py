@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from tympan.errors import TympanError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="turn a training checkpoint into a verified serving bundle",
@@ -27,13 +29,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _export(args: argparse.Namespace) -> int:
     if args.default:
-        from .default import ensure_default_bundle
+        from tympan.export.default import ensure_default_bundle
 
         print(ensure_default_bundle())
         return 0
     if args.checkpoint is None or args.out is None:
-        raise ValueError("--checkpoint and --out are required (or --default)")
-    from .bundle import export_bundle
+        raise TympanError("--checkpoint and --out are required (or --default)")
+    from tympan.export.bundle import export_bundle
 
     manifest = export_bundle(args.checkpoint, args.out, quantize=args.quantize, llm_runtime=args.llm,
                              verify_manifests=args.verify_manifest, eval_manifests=args.eval_manifest,

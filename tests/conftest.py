@@ -29,7 +29,7 @@ def toy_corpus(tympan_home: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_cfg(toy_corpus: Path):
-    from tympan.training.config import load_config
+    from tympan.training.recipe import load_config
 
     return load_config(CONFIGS / "tiny.toml")
 

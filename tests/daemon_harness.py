@@ -162,9 +162,9 @@ class DaemonProcess:
 def offline_finals(bundle: Path, audio: np.ndarray, task: str = "st", target_lang: str = "de") -> list[str]:
     """The texts of the finals an offline run gives for `audio` (16 kHz, as sent in PCM16): the daemon's
     segmenter with its default settings and the bundle's model, no daemon, no network."""
-    from tympan.daemon.config import DaemonConfig
-    from tympan.daemon.model import SpeechModel
+    from tympan.daemon.settings import DaemonConfig
     from tympan.daemon.vad import Segmenter, UtteranceEnded
+    from tympan.runtime.speech_model import SpeechModel
 
     model = SpeechModel.load(bundle)
     segmenter = Segmenter(DaemonConfig().vad, 16000)

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from tympan.training import base_models
-from tympan.training.base_models import BaseModelError, PackagedFile, WhisperPackage, resolve, whisper_ct2_dir
-from tympan.training.config import EncoderConfig, LLMConfig
-from tympan.training.encoder import build_encoder
-from tympan.training.llm import load_pretrained
+from tympan.training.model import base_models
+from tympan.training.model.base_models import BaseModelError, PackagedFile, WhisperPackage, resolve, whisper_ct2_dir
+from tympan.training.model.encoder import build_encoder
+from tympan.training.model.llm import load_pretrained
+from tympan.training.recipe import EncoderConfig, LLMConfig
 
 
 def _speechlike(seconds: float, seed: int = 0) -> np.ndarray:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from tympan.config import ConfigError
-from tympan.training.config import load_config
+from tympan.training.recipe import load_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -70,7 +70,7 @@ def test_data_paths_resolve_relative_to_the_config_and_expand_home(tmp_path: Pat
 
 def test_a_saved_config_keeps_pointing_at_the_same_data(tmp_path: Path) -> None:
     from tympan.config import dump_toml
-    from tympan.training.config import config_from_dict
+    from tympan.training.recipe import config_from_dict
 
     cfg = load_config(_write(tmp_path, BASE + '[data]\ntrain = ["m/train.jsonl", "toy:train"]\n'))
     elsewhere = config_from_dict(__import__("tomllib").loads(dump_toml(cfg.to_toml_dict())), source="saved")

@@ -18,6 +18,7 @@ import pytest
 import soundfile as sf
 
 from tympan.cli import main
+from tympan.manifest import load_manifest
 from tympan.training.corpus import augment
 from tympan.training.corpus.build import DEFAULT_MIX, plan_corpus
 from tympan.training.corpus.text import QA, TextItem, normalise
@@ -28,7 +29,6 @@ from tympan.training.corpus.voices import (
     ensure_kokoro_model,
     kokoro_part_files,
 )
-from tympan.training.data import load_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 SPLITS = ("train", "dev", "test")

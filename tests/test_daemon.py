@@ -37,9 +37,9 @@ def bundle(tympan_home: Path) -> Path:
 @pytest.fixture(scope="module")
 def expected(bundle: Path) -> list[str]:
     """The finals an offline run gives: the same segmenter and model on what the daemon receives."""
-    from tympan.daemon.config import DaemonConfig
-    from tympan.daemon.model import SpeechModel
+    from tympan.daemon.settings import DaemonConfig
     from tympan.daemon.vad import Segmenter, UtteranceEnded
+    from tympan.runtime.speech_model import SpeechModel
 
     model = SpeechModel.load(bundle)
     segmenter = Segmenter(DaemonConfig().vad, 16000)

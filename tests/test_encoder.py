@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from tympan.training.config import EncoderConfig, RandomEncoderConfig
-from tympan.training.encoder import EncoderLoadError, build_encoder
+from tympan.training.model.encoder import EncoderLoadError, build_encoder
+from tympan.training.recipe import EncoderConfig, RandomEncoderConfig
 
 RANDOM = RandomEncoderConfig(hidden_size=32, layers=3, heads=2, ffn_size=64)
 

@@ -7,9 +7,9 @@ import threading
 
 import numpy as np
 
-from tympan.daemon.config import DecodeConfig
 from tympan.daemon.engine import Engine, Job
 from tympan.daemon.protocol import Request
+from tympan.daemon.settings import DecodeConfig
 
 
 class Prompts:

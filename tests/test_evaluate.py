@@ -11,8 +11,8 @@ import soundfile as sf
 
 from tympan.cli import main
 from tympan.evaluate import BundleRunner, evaluate
+from tympan.manifest import load_manifest
 from tympan.training.corpus.real import MissingRecordingError, build_real_manifest
-from tympan.training.data import load_manifest
 
 
 @pytest.fixture(scope="module")

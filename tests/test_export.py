@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from tympan.audio import load_audio
-from tympan.daemon.bundle import BundleError, load_bundle
-from tympan.daemon.model import SpeechModel
 from tympan.export import bundle as bundle_module
 from tympan.export.bundle import ExportError, export_bundle
-from tympan.training.checkpoint import load_checkpoint
-from tympan.training.config import RandomEncoderConfig, replace
+from tympan.runtime.bundle import BundleError, load_bundle
+from tympan.runtime.speech_model import SpeechModel
+from tympan.training.model.checkpoint import load_checkpoint
+from tympan.training.recipe import RandomEncoderConfig, replace
 from tympan.training.trainer import Trainer
 
 
@@ -94,7 +94,7 @@ def test_int8_export_serves_a_smaller_encoder_close_to_fp32(checkpoint: Path, to
     assert report["size_bytes"]["int8"] < report["size_bytes"]["fp32"]
     assert report["utterances"] >= 2 and set(report["word_error_rate"]) == {"fp32", "int8"}
     bundle = load_bundle(tmp_path / "bundle")
-    from tympan.daemon.encoder import OnnxEncoder
+    from tympan.runtime.onnx_encoder import OnnxEncoder
 
     audio = _toy_inputs(toy_corpus, "dev", 1)[0][0]
     fp32 = OnnxEncoder(bundle, file="encoder.onnx")([audio])[0]
@@ -164,15 +164,15 @@ def test_corrupt_truncated_missing_and_unknown_bundles_are_refused(good_bundle: 
 def test_serving_an_onnx_bundle_needs_no_torch(good_bundle: Path, toy_corpus: Path) -> None:
     code = (
         "import sys, numpy as np\n"
-        "from tympan.daemon.bundle import load_bundle\n"
-        "from tympan.daemon.encoder import OnnxEncoder\n"
-        "from tympan.daemon.prompt import Prompts\n"
+        "from tympan.runtime.bundle import load_bundle\n"
+        "from tympan.runtime.onnx_encoder import OnnxEncoder\n"
+        "from tympan.runtime.prompt import Prompts\n"
         "from tympan.audio import load_audio\n"
         f"b = load_bundle({str(good_bundle)!r})\n"
         f"e = OnnxEncoder(b)([load_audio({str(toy_corpus / 'audio' / 'dev-0000.wav')!r}, 16000)])[0]\n"
         "p = Prompts(b).ids('Transcribe what is said.')\n"
         "assert e.ndim == 2 and e.shape[0] > 0 and p[0] and p[1]\n"
-        "from tympan.daemon.model import SpeechModel\n"
+        "from tympan.runtime.speech_model import SpeechModel\n"
         "m = SpeechModel(b)\n"
         "assert b.manifest['llm']['runtime'] == 'onnx'\n"
         "m.respond(np.zeros(16000, dtype=np.float32) + 0.01, 'Transcribe what is said.')\n"

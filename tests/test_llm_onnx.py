@@ -15,8 +15,8 @@ import pytest
 import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
-from tympan.daemon.llm_onnx import OnnxLLM
-from tympan.export.llm_onnx import EMBED_FILE, GRAPH_FILE, INFO_FILE, WEIGHTS_FILE, export_llm_onnx
+from tympan.export.llm_graph import EMBED_FILE, GRAPH_FILE, INFO_FILE, WEIGHTS_FILE, export_llm_onnx
+from tympan.runtime.onnx_llm import OnnxLLM
 
 HIDDEN, VOCAB, NEW_TOKENS = 64, 300, 12
 LAYERS, KV_HEADS, HEAD_DIM = 2, 2, 16
@@ -256,7 +256,7 @@ def test_float16_table_halves_the_file_and_stays_close(exported: Exported, tmp_p
 
 def test_daemon_module_does_not_import_torch() -> None:
     code = (
-        "import sys, tympan.daemon.llm_onnx\n"
+        "import sys, tympan.runtime.onnx_llm\n"
         "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tympan.training.data import ManifestError, epoch_plan, load_manifest, stage_examples
+from tympan.manifest import ManifestError, load_manifest
+from tympan.training.batches import epoch_plan, stage_examples
 
 GOOD = {"id": "a", "audio": "a.wav", "task": "asr", "src_lang": "en", "tgt_lang": "en", "target": "hello"}
 
@@ -82,7 +83,7 @@ def test_stages_take_their_modalities_and_joint_pairs_st_with_mt(toy_corpus: Pat
 
 
 def test_length_buckets_cut_padding_and_keep_every_example(toy_corpus: Path) -> None:
-    from tympan.training.data import _length
+    from tympan.training.batches import _length
 
     examples = load_manifest(toy_corpus / "train.jsonl")
     speech, text = stage_examples(examples, "joint", ["asr", "st", "sqa"])

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from tympan.audio import load_audio
-from tympan.training.checkpoint import assemble_model, build_base, load_checkpoint, save_base, save_checkpoint
-from tympan.training.model import IGNORE, SpeechLLM
-from tympan.training.prompt import CLOSE, OPEN, PromptError
+from tympan.training.model.checkpoint import assemble_model, build_base, load_checkpoint, save_base, save_checkpoint
+from tympan.training.model.prompt import CLOSE, OPEN, PromptError
+from tympan.training.model.speech_llm import IGNORE, SpeechLLM
 
 
 def _toy_lines(toy: Path, n: int) -> list[dict]:
@@ -131,7 +131,7 @@ def test_checkpoint_reloads_exactly(model: SpeechLLM, base_dir: Path, toy_corpus
 
 
 def test_checkpoint_without_metadata_is_refused(tmp_path: Path) -> None:
-    from tympan.training.checkpoint import CheckpointError
+    from tympan.training.model.checkpoint import CheckpointError
 
     (tmp_path / "half").mkdir()
     with pytest.raises(CheckpointError, match="not a tympan checkpoint"):
@@ -139,7 +139,7 @@ def test_checkpoint_without_metadata_is_refused(tmp_path: Path) -> None:
 
 
 def test_projector_averages_frames_and_ignores_padding(model: SpeechLLM) -> None:
-    from tympan.training.projector import average_frames
+    from tympan.training.model.projector import average_frames
 
     x = torch.arange(14, dtype=torch.float32).reshape(1, 7, 2).repeat(2, 1, 1)
     out, lengths = average_frames(x, torch.tensor([7, 4]), 3)

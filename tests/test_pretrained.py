@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tympan.training.checkpoint import build_base, load_checkpoint
-from tympan.training.config import EncoderConfig, LLMConfig, load_config, replace
-from tympan.training.encoder import EncoderLoadError, build_encoder
-from tympan.training.llm import LLMLoadError
+from tympan.training.model.checkpoint import build_base, load_checkpoint
+from tympan.training.model.encoder import EncoderLoadError, build_encoder
+from tympan.training.model.llm import LLMLoadError
+from tympan.training.recipe import EncoderConfig, LLMConfig, load_config, replace
 from tympan.training.trainer import Trainer
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

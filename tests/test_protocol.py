@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 
 from tympan.config import ConfigError
-from tympan.daemon.config import DaemonConfig, load_daemon_config
 from tympan.daemon.protocol import (
-    Config,
     ProtocolError,
+    Reconfigure,
     Request,
     Start,
     Stop,
@@ -22,6 +21,7 @@ from tympan.daemon.protocol import (
     decode_audio,
     parse_text,
 )
+from tympan.daemon.settings import DaemonConfig, load_daemon_config
 from tympan.daemon.text import LocalAgreement, repeating_tail
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,12 +74,12 @@ def test_invalid_messages_name_what_is_wrong(frame: str, code: str, message: str
 def test_config_changes_the_request_and_keeps_the_rest() -> None:
     base = Request("st", "de", None, None)
     m = parse_text('{"type": "config", "target_lang": "it"}')
-    assert isinstance(m, Config)
+    assert isinstance(m, Reconfigure)
     assert apply_config(base, m) == Request("st", "it", None, None)
-    assert apply_config(base, Config({"task": "asr"})) == Request("asr", "en", None, None)
-    assert apply_config(base, Config({"task": "sqa", "question": "Why?"})) == Request("sqa", "en", "Why?", None)
+    assert apply_config(base, Reconfigure({"task": "asr"})) == Request("asr", "en", None, None)
+    assert apply_config(base, Reconfigure({"task": "sqa", "question": "Why?"})) == Request("sqa", "en", "Why?", None)
     with pytest.raises(ProtocolError, match="needs a 'question'"):
-        apply_config(base, Config({"task": "sqa"}))
+        apply_config(base, Reconfigure({"task": "sqa"}))
 
 
 def test_audio_frames_decode_exactly_and_refuse_partial_samples() -> None:

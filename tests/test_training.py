@@ -7,12 +7,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tympan.training.checkpoint import new_projector
-from tympan.training.config import (
-    Config,
+from tympan.training.model.checkpoint import new_projector
+from tympan.training.recipe import (
     LLMConfig,
     RandomEncoderConfig,
     RandomLLMConfig,
+    Recipe,
     load_config,
     replace,
 )
@@ -32,7 +32,7 @@ def _fixed_batch(toy: Path, tmp_path: Path, n: int = 4) -> Path:
     return p
 
 
-def _cfg(cfg: Config, manifest: Path, steps: int, **train: object) -> Config:
+def _cfg(cfg: Recipe, manifest: Path, steps: int, **train: object) -> Recipe:
     stage = {"steps": steps, "warmup_steps": 0}
     t = cfg.train
     return replace(

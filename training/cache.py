@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tympan.audio import load_audio
-
-from .data import Example
-from .encoder import SpeechEncoder
+from tympan.audio import AudioError, load_audio
+from tympan.manifest import Example
+from tympan.training.model.encoder import SpeechEncoder, encode_audio
 
 
 def audio_hash(path: Path) -> str:
@@ -35,20 +34,8 @@ def audio_seconds(path: Path) -> float:
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError) as e:
-        raise ValueError(f"{path}: cannot read audio: {e}") from None
+        raise AudioError(f"{path}: cannot read audio: {e}") from None
     return info.frames / info.samplerate
-
-
-def encode_audio(encoder: SpeechEncoder, audios: Sequence[np.ndarray], device: torch.device) -> list[torch.Tensor]:
-    """Encode waveforms as one padded batch; returns each one's hidden states (T_i, D) on CPU."""
-    feats = [encoder.extract_features(a) for a in audios]
-    lengths = torch.tensor([f.shape[0] for f in feats])
-    batch = torch.zeros(len(feats), int(lengths.max()), feats[0].shape[1])
-    for i, f in enumerate(feats):
-        batch[i, : f.shape[0]] = torch.from_numpy(f)
-    with torch.no_grad():
-        hidden, out_lengths = encoder(batch.to(device), lengths.to(device))
-    return [hidden[i, : int(n)].float().cpu() for i, n in enumerate(out_lengths)]
 
 
 class EncoderCache:

@@ -51,8 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .config import DataConfig, load_config, replace
-    from .trainer import train
+    from tympan.training.recipe import DataConfig, load_config, replace
+    from tympan.training.trainer import train
 
     cfg = load_config(args.config)
     if args.train or args.dev:
@@ -74,7 +74,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _toy(args: argparse.Namespace) -> int:
-    from .toy import build_toy
+    from tympan.training.toy import build_toy
 
     out = build_toy(args.out)
     print(f"toy corpus in {out}")
@@ -99,8 +99,8 @@ def _mix(value: str) -> dict[str, float]:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from .corpus.build import build_corpus
-    from .corpus.voices import ENGINES
+    from tympan.training.corpus.build import build_corpus
+    from tympan.training.corpus.voices import ENGINES
 
     result = build_corpus(args.out, seed=args.seed, size=args.size, jobs=args.jobs,
                           engines=args.engines or list(ENGINES), progress=not args.no_progress,
@@ -117,7 +117,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _real(args: argparse.Namespace) -> int:
-    from .corpus.real import build_real_manifest
+    from tympan.training.corpus.real import build_real_manifest
 
     print(f"real speech manifest: {build_real_manifest(args.out)}")
     return 0

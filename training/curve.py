@@ -20,9 +20,10 @@ from typing import Any
 
 import soundfile as sf
 
-from tympan.evaluate import CheckpointRunner, evaluate
-from tympan.training.checkpoint import read_config, read_meta
-from tympan.training.data import load_manifest
+from tympan.evaluate import evaluate
+from tympan.manifest import load_manifest
+from tympan.training.model.checkpoint import read_config, read_meta
+from tympan.training.model.runner import CheckpointRunner
 
 STAGE_ORDER = ("projector", "lora", "joint")
 

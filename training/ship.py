@@ -21,8 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from tympan.atomic import atomic_directory
 from tympan.config import tympan_home
-
-from .checkpoint import CheckpointError, read_meta
+from tympan.training.model.checkpoint import CheckpointError, read_meta
 
 
 def _portable(text: str) -> str:
@@ -57,8 +56,9 @@ def _copy_trained(src: Path, dst: Path, dtype: torch.dtype) -> None:
 
 def _greedy(checkpoint: Path, manifest: Path, limit: int) -> list[str]:
     from tympan.audio import load_audio
-    from tympan.evaluate import CheckpointRunner, speech_groups
-    from tympan.training.data import load_manifest
+    from tympan.evaluate import speech_groups
+    from tympan.manifest import load_manifest
+    from tympan.training.model.runner import CheckpointRunner
 
     runner = CheckpointRunner(checkpoint)
     groups, _ = speech_groups(load_manifest(manifest), limit)

@@ -31,9 +31,11 @@ import torch
 from tympan.atomic import atomic_directory
 from tympan.audio import load_audio
 from tympan.config import to_dict, tympan_home
-
-from .cache import EncoderCache
-from .checkpoint import (
+from tympan.errors import TympanError
+from tympan.manifest import Example, load_manifests
+from tympan.training.batches import batch_stream, stage_examples
+from tympan.training.cache import EncoderCache
+from tympan.training.model.checkpoint import (
     Base,
     CheckpointError,
     assemble_model,
@@ -46,14 +48,13 @@ from .checkpoint import (
     save_base,
     save_checkpoint,
 )
-from .config import STAGES, Config
-from .data import Example, batch_stream, load_manifests, stage_examples
-from .model import SpeechLLM
+from tympan.training.model.speech_llm import SpeechLLM
+from tympan.training.recipe import STAGES, Recipe
 
 STEP_PREFIX = "step-"
 
 
-class TrainError(RuntimeError):
+class TrainError(TympanError, RuntimeError):
     """Training cannot start or continue (missing inputs, no data)."""
 
 
@@ -109,10 +110,10 @@ def _truncate_log(log: Path, step: int) -> None:
     log.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
-def resolve_manifest(cfg: Config, entry: str) -> Path:
+def resolve_manifest(cfg: Recipe, entry: str) -> Path:
     """A manifest path from the config; `toy:train` / `toy:dev` name the generated toy corpus."""
     if entry.startswith("toy:"):
-        from .toy import build_toy
+        from tympan.training.toy import build_toy
 
         split = entry[4:]
         if split not in ("train", "dev"):
@@ -122,7 +123,7 @@ def resolve_manifest(cfg: Config, entry: str) -> Path:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, out: Path, *, accelerator=None, show_progress: bool = True) -> None:
+    def __init__(self, cfg: Recipe, out: Path, *, accelerator=None, show_progress: bool = True) -> None:
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs
 
@@ -169,7 +170,7 @@ class Trainer:
             print(message, file=sys.stderr, flush=True)
 
     def _known_langs(self) -> dict[str, set[str]]:
-        from .prompt import INSTRUCTIONS
+        from tympan.training.model.prompt import INSTRUCTIONS
 
         langs = {t: set(v) for t, v in INSTRUCTIONS.items()}
         for t, v in self.cfg.prompt.instructions.items():
@@ -458,7 +459,7 @@ class Trainer:
         return total / max(1, tokens)
 
 
-def train(cfg: Config, stage: str, out: Path, *, until_step: int | None = None,
+def train(cfg: Recipe, stage: str, out: Path, *, until_step: int | None = None,
           init: dict[str, Path | None] | None = None, show_progress: bool = True) -> list[StageOutcome]:
     stages = list(STAGES) if stage == "all" else [stage]
     trainer = Trainer(cfg, out, show_progress=show_progress)

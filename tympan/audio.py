@@ -6,8 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tympan.errors import TympanError
 
-class AudioError(ValueError):
+
+class AudioError(TympanError, ValueError):
     """An audio file is missing, unreadable or not usable as speech input."""
 
 

@@ -10,9 +10,14 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tympan import __version__
-from tympan.config import ConfigError
+from tympan.errors import TympanError
+
+if TYPE_CHECKING:
+    from tympan.evaluate import Runner
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,8 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
     training_cli.register(sub)
     export_cli.register(sub)
     daemon_cli.register(sub)
-    evaluate.register(sub)
+    evaluate.register(sub, _open_checkpoint)
     return parser
+
+
+def _open_checkpoint(path: Path, threads: int | None, max_new_tokens: int | None) -> Runner:
+    from tympan.training.model.runner import CheckpointRunner
+
+    return CheckpointRunner(path, threads, max_new_tokens)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,8 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (ConfigError, ValueError, RuntimeError, FileNotFoundError) as e:
-        # Expected failures (bad config, bad manifest, missing checkpoint): one clear line.
+    except (TympanError, OSError) as e:
+        # Expected failures (bad config, bad manifest, missing checkpoint or file): one clear line.
+        # Anything else is a bug and keeps its traceback.
         # TYMPAN_DEBUG=1 shows the traceback instead.
         if os.environ.get("TYMPAN_DEBUG"):
             raise

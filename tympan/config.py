@@ -14,10 +14,12 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tympan.errors import TympanError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(TympanError, ValueError):
     """A configuration value is missing, unknown or invalid."""
 
 
@@ -73,7 +75,7 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
             raise ConfigError(f"{source}: {key}: expected a table, got {value!r}")
         _, val_tp = typing.get_args(tp)
         return {str(k): _convert(v, val_tp, f"{key}.{k}", source) for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: {key}: expected a table, got {value!r}")
         return from_dict(tp, value, source=source, prefix=key)

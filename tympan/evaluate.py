@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from tympan import scoring
 from tympan.atomic import write_json
-from tympan.training.data import TASKS, Example, load_manifest
+from tympan.errors import TympanError
+from tympan.manifest import Example, load_manifest
+from tympan.tasks import TASKS
 
 if TYPE_CHECKING:  # numpy is imported where audio is read
     import numpy as np
@@ -33,7 +35,7 @@ METRICS = {"asr": ("wer",), "st": ("bleu", "chrf"), "sqa": ("em", "f1")}
 HEADERS = {"wer": "WER", "bleu": "BLEU", "chrf": "chrF", "em": "EM", "f1": "F1"}
 
 
-class EvalError(ValueError):
+class EvalError(TympanError, ValueError):
     """The evaluation cannot run: nothing to score, or an example the model has no instruction for."""
 
 
@@ -48,10 +50,10 @@ class Runner(Protocol):
 
 
 class BundleRunner:
-    """A serving bundle, loaded and run as the daemon runs it (`tympan.daemon.model.SpeechModel`)."""
+    """A serving bundle, loaded and run as the daemon runs it (`tympan.runtime.speech_model.SpeechModel`)."""
 
     def __init__(self, path: Path, threads: int | None = None, max_new_tokens: int | None = None) -> None:
-        from tympan.daemon.model import SpeechModel
+        from tympan.runtime.speech_model import SpeechModel
 
         self.model = SpeechModel.load(path, threads=threads)
         self.sample_rate = self.model.sample_rate
@@ -62,31 +64,6 @@ class BundleRunner:
 
     def respond(self, audio: np.ndarray, instruction: str) -> str:
         return self.model.respond(audio, instruction, self.max_new_tokens)
-
-
-class CheckpointRunner:
-    """A training checkpoint (`SpeechLLM`), unmerged LoRA, in PyTorch."""
-
-    def __init__(self, path: Path, threads: int | None = None, max_new_tokens: int | None = None) -> None:
-        import torch
-
-        from tympan.training.checkpoint import load_checkpoint
-
-        if threads:
-            torch.set_num_threads(threads)
-        self.model = load_checkpoint(path)
-        self.sample_rate = self.model.encoder.sample_rate
-        self.max_new_tokens = max_new_tokens
-
-    def instruction(self, ex: Example) -> str:
-        return self.model.instruction(ex)
-
-    def respond(self, audio: np.ndarray, instruction: str) -> str:
-        # SpeechLLM.respond's steps, with a token limit; stray bytes of a cut multi-byte character
-        # are dropped as the serving side drops them, so both sides print the same text.
-        m = self.model
-        (tokens,) = m.generate(m.project(m.encode([audio])), [instruction], self.max_new_tokens)
-        return m.decode(tokens).replace("\ufffd", "").strip()
 
 
 @dataclass(frozen=True)
@@ -235,7 +212,12 @@ def _non_negative(value: str) -> int:
     return n
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+# Opens a training checkpoint as a Runner (path, threads, max_new_tokens): given by the command line,
+# which composes the packages, so that evaluation never imports training code.
+OpenCheckpoint = Callable[[Path, int | None, int | None], Runner]
+
+
+def register(sub: argparse._SubParsersAction, open_checkpoint: OpenCheckpoint) -> None:
     p = sub.add_parser("eval", help="score a bundle or checkpoint on a manifest (WER, BLEU/chrF, EM/F1, RTF)",
                        description="Decode a manifest's speech examples and print one table per task.")
     source = p.add_mutually_exclusive_group()
@@ -249,7 +231,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="decoding limit per example (default: the model's)")
     p.add_argument("--show", type=_non_negative, default=0, metavar="N",
                    help="print N hypothesis/reference pairs per task and language")
-    p.set_defaults(run=_run)
+    p.set_defaults(run=lambda args: _run(args, open_checkpoint))
 
 
 def _progress(out: TextIO) -> Callable[[int, int], None]:
@@ -260,13 +242,13 @@ def _progress(out: TextIO) -> Callable[[int, int], None]:
     return show
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, open_checkpoint: OpenCheckpoint) -> int:
     examples = load_manifest(args.manifest)  # a bad manifest fails before a model is loaded
     runner: Runner
     if args.checkpoint is not None:
-        runner = CheckpointRunner(args.checkpoint, args.threads, args.max_new_tokens)
+        runner = open_checkpoint(args.checkpoint, args.threads, args.max_new_tokens)
     else:
-        from tympan.daemon.cli import default_bundle
+        from tympan.runtime.bundle import default_bundle
 
         runner = BundleRunner(args.bundle or default_bundle(), args.threads, args.max_new_tokens)
     report = evaluate(runner, examples, args.limit, _progress(sys.stderr))

@@ -22,6 +22,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from tympan.audio import AudioError
+
 __all__ = ["FeatureExtractor", "SeamlessFbank", "WhisperLogMel", "feature_extractor"]
 
 
@@ -48,16 +50,16 @@ def _check_audio(audio: Any) -> np.ndarray:
     """Validate one mono waveform and return it as float32 (what transformers computes from)."""
     audio = np.asarray(audio)
     if audio.ndim != 1:
-        raise ValueError(f"audio must be a 1-D mono waveform, got shape {audio.shape}")
+        raise AudioError(f"audio must be a 1-D mono waveform, got shape {audio.shape}")
     if audio.size == 0:
-        raise ValueError("audio is empty (0 samples)")
+        raise AudioError("audio is empty (0 samples)")
     if not np.issubdtype(audio.dtype, np.floating):
         # int16 PCM would silently give features 32768x too loud; make the caller scale it.
-        raise ValueError(f"audio must be floating point in [-1, 1], got dtype {audio.dtype}")
+        raise AudioError(f"audio must be floating point in [-1, 1], got dtype {audio.dtype}")
     audio = audio.astype(np.float32, copy=False)
     if not np.isfinite(audio).all():
         bad = int(np.count_nonzero(~np.isfinite(audio)))
-        raise ValueError(f"audio has {bad} non-finite sample(s) (NaN or inf)")
+        raise AudioError(f"audio has {bad} non-finite sample(s) (NaN or inf)")
     return audio
 
 
@@ -137,8 +139,8 @@ class WhisperLogMel:
         # Filters are built on the linearly spaced FFT bin frequencies in Hz (not in mel space).
         # fft_freqs spans 0..sample_rate // 2 as transformers' filter bank does.
         bins = np.linspace(0.0, self.sample_rate // 2, self.n_fft // 2 + 1)
-        edges_hz = _slaney_to_hz(np.linspace(_hz_to_slaney(0.0), _hz_to_slaney(self.max_frequency),
-                                             self.num_mel_bins + 2))
+        low, high = _hz_to_slaney(np.array([0.0, float(self.max_frequency)]))
+        edges_hz = _slaney_to_hz(np.linspace(low, high, self.num_mel_bins + 2))
         filters = _triangles(bins, edges_hz)
         # Slaney area normalisation: each triangle scaled by 2 / its width in Hz.
         filters *= 2.0 / (edges_hz[2:] - edges_hz[:-2])
@@ -157,7 +159,7 @@ class WhisperLogMel:
     def __call__(self, audio: np.ndarray) -> np.ndarray:
         audio = _check_audio(audio)
         if self.num_frames(audio.size) < 1:
-            raise ValueError(f"audio too short for {self.type_name}: {audio.size} samples give no frame "
+            raise AudioError(f"audio too short for {self.type_name}: {audio.size} samples give no frame "
                              f"(hop_length is {self.hop_length})")
         audio = audio[: self.max_samples]
         # Centre frame t on sample t * hop; numpy's reflect mode also copes with audio shorter
@@ -255,7 +257,7 @@ class SeamlessFbank:
     def __call__(self, audio: np.ndarray) -> np.ndarray:
         audio = _check_audio(audio)
         if audio.size < self.min_samples:
-            raise ValueError(f"audio too short for {self.type_name}: {audio.size} samples, "
+            raise AudioError(f"audio too short for {self.type_name}: {audio.size} samples, "
                              f"need at least {self.min_samples}")
         # Mel-major, so time is the contiguous axis: the reference sums its float32 statistics along
         # a contiguous axis too (numpy then sums pairwise), and only the same layout gives the same

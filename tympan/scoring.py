@@ -15,10 +15,12 @@ from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
 
+from tympan.errors import TympanError
+
 Normalizer = Callable[[str], str]
 
 
-class ScoringError(ValueError):
+class ScoringError(TympanError, ValueError):
     """Inputs a metric cannot be computed on (e.g. references and hypotheses of unequal count)."""
 
 

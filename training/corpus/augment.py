@@ -15,10 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from tympan.errors import TympanError
+
 NOISE_COLORS = ("white", "pink", "brown")
 
 
-class AugmentError(RuntimeError):
+class AugmentError(TympanError, RuntimeError):
     """An augmentation could not be applied (bad parameters, sox failure)."""
 
 
@@ -117,7 +119,7 @@ def trim_silence(audio: np.ndarray, rate: int, floor_db: float = -45.0, margin_s
     return audio[max(0, loud[0] - margin): loud[-1] + margin + 1]
 
 
-def choose(rng: random.Random, noise_share: float = 0.3, reverb_share: float = 0.2) -> dict[str, Any]:
+def choose(rng: random.Random, noise_share: float = 0.5, reverb_share: float = 0.5) -> dict[str, Any]:
     """Draw one utterance's augmentation (plain data: it is part of the audio's cache key)."""
     aug: dict[str, Any] = {
         "lead_s": round(rng.uniform(0.1, 0.5), 2),

@@ -41,10 +41,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tympan.atomic import write_file
-
-from . import augment
-from .text import normalise  # what makes two texts "the same sentence"
-from .voices import (
+from tympan.errors import TympanError
+from tympan.training.corpus import augment
+from tympan.training.corpus.text import normalise  # what makes two texts "the same sentence"
+from tympan.training.corpus.voices import (
     ENGINES,
     SAMPLE_RATE,
     SPLITS,
@@ -59,7 +59,7 @@ from .voices import (
 )
 
 if TYPE_CHECKING:
-    from .items import TextItem
+    from tympan.training.corpus.items import TextItem
 
 FORMAT = 1  # bump when the audio a spec produces changes, so cached files are not reused
 SRC_LANG = "en"
@@ -68,7 +68,7 @@ SRC_LANG = "en"
 DEFAULT_MIX = {"kokoro": 0.35, "piper": 0.15, "flite": 0.20, "festival": 0.05, "espeak": 0.25}
 # Held-out splits: engines that have held-out voices, Kokoro first as the closest to people.
 HELD_OUT_MIX = {"kokoro": 0.6, "flite": 0.2, "espeak": 0.2}
-KOKORO_BASE_SHARE = 0.6  # of Kokoro training utterances; the rest go to blends
+KOKORO_BASE_SHARE = 0.4  # of Kokoro training utterances; the rest go to blends (new speakers)
 MAX_WORDS = 60  # longer texts would run past the encoder's 30 s window
 MAX_SECONDS = 30.0
 # Manifests are rewritten every few hundred jobs, at most once a minute (a full corpus's take
@@ -78,7 +78,7 @@ FLUSH_MIN_SECONDS = 60.0
 FLUSH_MAX_SECONDS = 300.0
 
 
-class CorpusError(ValueError):
+class CorpusError(TympanError, ValueError):
     """The corpus cannot be planned or built as asked."""
 
 
@@ -533,8 +533,8 @@ def build_corpus(out: Path, seed: int = 0, size: str = "small", jobs: int = 2, e
     from tympan.config import tympan_home
 
     if items is None:
-        from .sources import ensure_sources
-        from .text import text_items
+        from tympan.training.corpus.sources import ensure_sources
+        from tympan.training.corpus.text import text_items
 
         items = text_items(ensure_sources(tympan_home() / "sources"), seed, size)
     mix = _mix_of(mix, engines)

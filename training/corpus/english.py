@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from .numeric_qa import CITIES, MONTHS, NAMES, SURNAMES, ordinal
+from tympan.training.corpus.numeric_qa import CITIES, MONTHS, NAMES, SURNAMES, ordinal
 
 # --- fortunes ----------------------------------------------------------------------------
 

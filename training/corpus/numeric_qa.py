@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from .items import QA
+from tympan.training.corpus.items import QA
 
 Values = dict[str, str]
 Slot = Callable[[random.Random, Values], str | Mapping[str, str]]

@@ -15,8 +15,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .items import QA
-from .wordnet import indefinite_article
+from tympan.errors import TympanError
+from tympan.training.corpus.items import QA
+from tympan.training.corpus.wordnet import indefinite_article
 
 # --- the pattern language ------------------------------------------------------------------
 
@@ -25,7 +26,7 @@ from .wordnet import indefinite_article
 Node = str | tuple[str, list]
 
 
-class QuizFormatError(ValueError):
+class QuizFormatError(TympanError, ValueError):
     """A quiz pattern or file does not follow the quiz(6) syntax."""
 
 

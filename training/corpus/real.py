@@ -24,6 +24,7 @@ import numpy as np
 
 from tympan.atomic import atomic_directory
 from tympan.audio import load_audio, write_wav
+from tympan.errors import TympanError
 
 SAMPLE_RATE = 16000
 ALSA_SOUNDS = Path("/usr/share/sounds/alsa")
@@ -35,7 +36,7 @@ GOFORWARD_TEXT = "go forward ten meters"
 MANIFEST = "real.jsonl"
 
 
-class MissingRecordingError(RuntimeError):
+class MissingRecordingError(TympanError, RuntimeError):
     """A recording (or its transcript) is absent: the Debian package that ships it is not installed."""
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tympan.atomic import atomic_directory
+from tympan.errors import TympanError
 
 # lang -> (Debian package, its folder under usr/share/libreoffice/help)
 LIBREOFFICE_HELP = {
@@ -29,7 +30,7 @@ FORTUNES_DIR = Path("/usr/share/games/fortunes")
 QUIZ_DIR = Path("/usr/share/games/bsdgames/quiz")
 
 
-class SourceError(RuntimeError):
+class SourceError(TympanError, RuntimeError):
     """A source is missing; the message names the Debian package or file and how to get it."""
 
 

@@ -30,9 +30,9 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import english, helpdocs, numeric_qa, quiz, wordnet
-from .items import LANGS, QA, TextItem
-from .sources import Sources
+from tympan.training.corpus import english, helpdocs, numeric_qa, quiz, wordnet
+from tympan.training.corpus.items import LANGS, QA, TextItem
+from tympan.training.corpus.sources import Sources
 
 __all__ = ["LANGS", "QA", "SIZES", "SOURCE_ORDER", "TextItem", "normalise", "text_items"]
 

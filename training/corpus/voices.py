@@ -28,8 +28,8 @@ import numpy as np
 
 from tympan.atomic import atomic_directory
 from tympan.audio import resample
-
-from .augment import sox_effects
+from tympan.errors import TympanError
+from tympan.training.corpus.augment import sox_effects
 
 SAMPLE_RATE = 16000
 ENGINES = ("kokoro", "piper", "flite", "festival", "espeak")
@@ -74,7 +74,7 @@ PIPER_VOICE = "joe"
 SPEED_RANGE = (0.9, 1.15)
 
 
-class VoiceAssetError(RuntimeError):
+class VoiceAssetError(TympanError, RuntimeError):
     """A synthesis asset (model, voice table, program) is missing or not what was pinned."""
 
 

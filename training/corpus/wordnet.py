@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .items import QA
+from tympan.training.corpus.items import QA
 
 NOUN_LOCATION, NOUN_PERSON, NOUN_ANIMAL, NOUN_PLANT = 15, 18, 5, 20
 DATA_FILES = ("data.adj", "data.adv", "data.noun", "data.verb")

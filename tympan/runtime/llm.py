@@ -11,7 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .bundle import Bundle, BundleError
+from tympan.runtime.bundle import Bundle, BundleError
 
 
 class LLM(Protocol):
@@ -62,7 +62,7 @@ def load_llm(bundle: Bundle, threads: int | None = None) -> LLM:
     if runtime == "torch":
         return TorchLLM(bundle.path / meta["dir"], threads)
     if runtime == "onnx":
-        from .llm_onnx import OnnxLLM
+        from tympan.runtime.onnx_llm import OnnxLLM
 
         return OnnxLLM(bundle.path / meta["dir"], meta["onnx"], threads=threads)
     raise BundleError(f"{bundle.path}: unknown LLM runtime {runtime!r} (torch, onnx)")

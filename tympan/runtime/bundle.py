@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tympan.config import tympan_home
+from tympan.errors import TympanError
 
 FORMAT = 1
 MANIFEST = "manifest.json"
 
 
-class BundleError(ValueError):
+class BundleError(TympanError, ValueError):
     """The bundle is missing, incomplete, corrupt or of an unknown format."""
 
 
@@ -84,3 +90,28 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
         if verify and sha256_file(file) != meta["sha256"]:
             raise BundleError(f"{path}: {name} does not match its sha256 in the manifest (corrupt or modified)")
     return Bundle(path, manifest)
+
+
+# The shipped models a bundle can be built from: `TYMPAN_MODEL` picks one, built into $TYMPAN_HOME/bundles/<name>.
+MODELS = ("default", "tiny")
+
+
+def default_model() -> str:
+    name = os.environ.get("TYMPAN_MODEL", "default") or "default"
+    if name not in MODELS:
+        raise TympanError(f"TYMPAN_MODEL = {name!r}: known models are {', '.join(MODELS)}")
+    return name
+
+
+def default_bundle_path(model: str | None = None) -> Path:
+    return tympan_home() / "bundles" / (model or default_model())
+
+
+def default_bundle() -> Path:
+    """The default bundle, built first if missing, in another process: serving never imports training."""
+    path = default_bundle_path()
+    if not (path / "manifest.json").is_file():
+        print(f"building the default bundle in {path} (once) ...", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "tympan", "export", "--default"], check=True,
+                       stdout=subprocess.DEVNULL)
+    return path

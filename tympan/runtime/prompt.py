@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from tympan.instructions import format_instruction
-
-from .bundle import Bundle
+from tympan.runtime.bundle import Bundle
+from tympan.tasks import format_instruction
 
 
 class Prompts:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,15 +18,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from tympan.audio import AudioError
+from tympan.errors import TympanError
 from tympan.features import FeatureExtractor, SeamlessFbank, WhisperLogMel
-
-from .base_models import PREFIX as PACKAGE_PREFIX
-from .config import EncoderConfig
+from tympan.training.model.base_models import PREFIX as PACKAGE_PREFIX
+from tympan.training.recipe import EncoderConfig
 
 SAMPLE_RATE = 16000
 
 
-class EncoderLoadError(RuntimeError):
+class EncoderLoadError(TympanError, RuntimeError):
     """Encoder weights could not be found or do not fit the architecture."""
 
 
@@ -75,7 +77,7 @@ class SpeechEncoder(nn.Module):
     def check_duration(self, n_samples: int, what: str) -> None:
         seconds = n_samples / self.sample_rate
         if seconds > self.cfg.max_seconds:
-            raise ValueError(f"{what}: {seconds:.1f} s of audio exceeds encoder.max_seconds = {self.cfg.max_seconds}")
+            raise AudioError(f"{what}: {seconds:.1f} s of audio exceeds encoder.max_seconds = {self.cfg.max_seconds}")
 
 
 def _padding_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -317,7 +319,7 @@ class WhisperEncoder(SpeechEncoder):
 def build_encoder(cfg: EncoderConfig, seed: int = 0) -> SpeechEncoder:
     """The configured encoder, frozen and in eval mode. Random weights are seeded."""
     if cfg.checkpoint.startswith(PACKAGE_PREFIX):
-        from .base_models import resolve
+        from tympan.training.model.base_models import resolve
 
         cfg = replace(cfg, checkpoint=resolve(cfg.checkpoint))
     with torch.random.fork_rng():
@@ -327,3 +329,15 @@ def build_encoder(cfg: EncoderConfig, seed: int = 0) -> SpeechEncoder:
         if cfg.kind == "whisper":
             return WhisperEncoder(cfg)
     raise ValueError(f"unknown encoder kind {cfg.kind!r}")
+
+
+def encode_audio(encoder: SpeechEncoder, audios: Sequence[np.ndarray], device: torch.device) -> list[torch.Tensor]:
+    """Encode waveforms as one padded batch; returns each one's hidden states (T_i, D) on CPU."""
+    feats = [encoder.extract_features(a) for a in audios]
+    lengths = torch.tensor([f.shape[0] for f in feats])
+    batch = torch.zeros(len(feats), int(lengths.max()), feats[0].shape[1])
+    for i, f in enumerate(feats):
+        batch[i, : f.shape[0]] = torch.from_numpy(f)
+    with torch.no_grad():
+        hidden, out_lengths = encoder(batch.to(device), lengths.to(device))
+    return [hidden[i, : int(n)].float().cpu() for i, n in enumerate(out_lengths)]

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field, fields, is_dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from tympan.config import ConfigError, check, from_dict, non_negative, positive, read_toml
-
-from .mqtt import MqttConfig
-from .vad import VadConfig
+from tympan.daemon.mqtt import MqttConfig
+from tympan.daemon.vad import VadConfig
 
 
 def _port(value: int) -> str | None:
@@ -95,19 +95,17 @@ def _env_value(raw: str) -> Any:
 
 
 def _section_keys() -> dict[str, set[str]]:
-    out = {}
-    for f in fields(DaemonConfig):
-        out[f.name] = {g.name for g in fields(f.type if is_dataclass(f.type) else f.default_factory())}  # type: ignore[arg-type]
-    return out
+    defaults = DaemonConfig()
+    return {f.name: {g.name for g in fields(getattr(defaults, f.name))} for f in fields(DaemonConfig)}
 
 
 def load_daemon_config(path: str | Path | None = None, env: dict[str, str] | None = None,
                        overrides: dict[str, dict[str, Any]] | None = None) -> DaemonConfig:
     data: dict[str, Any] = read_toml(Path(path)) if path else {}
     source = str(path) if path else "defaults"
-    env = os.environ if env is None else env
+    variables: Mapping[str, str] = os.environ if env is None else env
     sections = _section_keys()
-    for name, raw in env.items():
+    for name, raw in variables.items():
         if not name.startswith("TYMPAN_") or name in ("TYMPAN_HOME", "TYMPAN_DEBUG", "TYMPAN_MODEL"):
             continue
         rest = name[len("TYMPAN_"):].lower()

@@ -24,11 +24,12 @@ import numpy as np
 
 from tympan.atomic import atomic_directory
 from tympan.config import tympan_home
+from tympan.errors import TympanError
 
 PREFIX = "package:"
 
 
-class BaseModelError(RuntimeError):
+class BaseModelError(TympanError, RuntimeError):
     """A base-model package is missing, altered, or cannot be converted."""
 
 

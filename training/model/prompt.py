@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tympan.instructions import INSTRUCTIONS, PromptError, format_instruction, merged_templates
-
-from .config import PromptConfig
+from tympan.tasks import INSTRUCTIONS, PromptError, format_instruction, merged_templates
+from tympan.training.recipe import PromptConfig
 
 __all__ = ["CLOSE", "INSTRUCTIONS", "OPEN", "SLOT", "PromptBuilder", "PromptError", "PromptIds"]
 

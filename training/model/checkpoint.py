@@ -26,18 +26,18 @@ from torch import nn
 from tympan import __version__
 from tympan.atomic import atomic_directory
 from tympan.config import ConfigError, dump_toml, to_dict
-
-from .config import Config, config_from_dict
-from .encoder import SpeechEncoder, build_encoder
-from .llm import load_pretrained, lora_config, random_llm, train_tokenizer
-from .model import SpeechLLM
-from .projector import Projector
-from .prompt import INSTRUCTIONS
+from tympan.errors import TympanError
+from tympan.training.model.encoder import SpeechEncoder, build_encoder
+from tympan.training.model.llm import load_pretrained, lora_config, random_llm, train_tokenizer
+from tympan.training.model.projector import Projector
+from tympan.training.model.prompt import INSTRUCTIONS
+from tympan.training.model.speech_llm import SpeechLLM
+from tympan.training.recipe import Recipe, config_from_dict
 
 FORMAT = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(TympanError, RuntimeError):
     """A checkpoint is missing, incomplete or of an unknown format."""
 
 
@@ -50,21 +50,21 @@ class Base:
     tokenizer: Any
 
 
-def llm_dtype(cfg: Config) -> torch.dtype:
+def llm_dtype(cfg: Recipe) -> torch.dtype:
     # A frozen 8B LLM in bf16 halves its memory; trainable LoRA weights stay fp32 (PEFT).
     if cfg.train.precision == "bf16" and torch.cuda.is_available():
         return torch.bfloat16
     return torch.float32
 
 
-def tokenizer_corpus(cfg: Config, texts: Iterable[str]) -> list[str]:
+def tokenizer_corpus(cfg: Recipe, texts: Iterable[str]) -> list[str]:
     corpus = [t for langs in INSTRUCTIONS.values() for t in langs.values()]
     corpus += [t for langs in cfg.prompt.instructions.values() for t in langs.values()]
     corpus += ["<speech>", "</speech>", "user", "assistant", "system"]
     return corpus + list(texts)
 
 
-def build_base(cfg: Config, texts: Iterable[str] = ()) -> Base:
+def build_base(cfg: Recipe, texts: Iterable[str] = ()) -> Base:
     """Fresh base from the config; a random LLM gets a tokenizer trained on `texts`."""
     encoder = build_encoder(cfg.encoder, seed=cfg.seed)
     if cfg.llm.checkpoint:
@@ -79,7 +79,7 @@ def build_base(cfg: Config, texts: Iterable[str] = ()) -> Base:
     return Base(encoder, llm, tokenizer)
 
 
-def base_identity(cfg: Config) -> dict[str, Any]:
+def base_identity(cfg: Recipe) -> dict[str, Any]:
     """The config keys that decide the base weights: a base built for others must not be reused."""
     return {"seed": cfg.seed, "encoder": to_dict(cfg.encoder), "llm": to_dict(cfg.llm)}
 
@@ -95,7 +95,7 @@ def first_difference(old: Any, new: Any, prefix: str = "") -> str | None:
     return None if old == new else f"{prefix} = {old!r} there, {new!r} in this config"
 
 
-def check_base(path: Path, cfg: Config) -> None:
+def check_base(path: Path, cfg: Recipe) -> None:
     """Refuse a saved base built from other encoder/LLM settings than `cfg`'s."""
     file = path / "parts.json"
     if not file.is_file():
@@ -105,7 +105,7 @@ def check_base(path: Path, cfg: Config) -> None:
         raise CheckpointError(f"{path} was built with other base settings ({diff}); use another output directory")
 
 
-def save_base(path: Path, cfg: Config, base: Base) -> None:
+def save_base(path: Path, cfg: Recipe, base: Base) -> None:
     path.mkdir(parents=True, exist_ok=True)
     (path / "parts.json").write_text(json.dumps(base_identity(cfg), indent=2) + "\n", encoding="utf-8")
     if not cfg.llm.checkpoint:
@@ -117,7 +117,7 @@ def save_base(path: Path, cfg: Config, base: Base) -> None:
         base.llm.save_pretrained(str(path / "llm"))
 
 
-def load_base(path: Path, cfg: Config) -> Base:
+def load_base(path: Path, cfg: Recipe) -> Base:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     encoder = build_encoder(cfg.encoder, seed=cfg.seed)
@@ -139,7 +139,7 @@ def load_base(path: Path, cfg: Config) -> Base:
     return Base(encoder, llm, tokenizer)
 
 
-def new_projector(cfg: Config, base: Base) -> Projector:
+def new_projector(cfg: Recipe, base: Base) -> Projector:
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed + 1)
         hidden = base.llm.get_input_embeddings().weight.shape[1]
@@ -147,7 +147,7 @@ def new_projector(cfg: Config, base: Base) -> Projector:
 
 
 def assemble_model(
-    cfg: Config,
+    cfg: Recipe,
     base: Base,
     *,
     lora: bool,
@@ -209,7 +209,7 @@ def read_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-def read_config(path: Path) -> Config:
+def read_config(path: Path) -> Recipe:
     from tympan.config import read_toml
 
     try:

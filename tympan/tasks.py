@@ -1,8 +1,20 @@
-"""Task instructions, written in the target language: shared by training and serving."""
+"""Tasks, languages and their instructions: the one home of these names, shared by training and serving.
+
+The instructions are written in the target language.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+
+from tympan.errors import TympanError
+
+TASKS = ("asr", "st", "sqa")  # transcription, speech translation, spoken question answering
+SOURCE_LANG = "en"  # the language of the speech
+LANGS = ("en", "de", "it", "zh")  # every language an answer can be in
+ST_LANGS = ("de", "it", "zh")  # translation targets
+# The target language a task answers in when a request names none (st has no default: it must be chosen).
+DEFAULT_TARGET = {"asr": "en", "sqa": "en"}
 
 INSTRUCTIONS: dict[str, dict[str, str]] = {
     "asr": {"en": "Transcribe what is said."},
@@ -20,7 +32,7 @@ INSTRUCTIONS: dict[str, dict[str, str]] = {
 }
 
 
-class PromptError(ValueError):
+class PromptError(TympanError, ValueError):
     """No instruction exists for a task and language, or a question is missing."""
 
 

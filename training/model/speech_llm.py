@@ -9,11 +9,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import AugmentConfig, Config
-from .data import Example
-from .encoder import SpeechEncoder
-from .projector import Projector
-from .prompt import PromptBuilder
+from tympan.manifest import Example
+from tympan.training.model.encoder import SpeechEncoder, encode_audio
+from tympan.training.model.projector import Projector
+from tympan.training.model.prompt import PromptBuilder
+from tympan.training.recipe import AugmentConfig, Recipe
 
 IGNORE = -100
 
@@ -57,7 +57,7 @@ def mask_frames(hidden: torch.Tensor, lengths: torch.Tensor, cfg: AugmentConfig,
 
 
 class SpeechLLM(nn.Module):
-    def __init__(self, cfg: Config, encoder: SpeechEncoder, projector: Projector, llm: nn.Module, tokenizer) -> None:
+    def __init__(self, cfg: Recipe, encoder: SpeechEncoder, projector: Projector, llm: nn.Module, tokenizer) -> None:
         super().__init__()
         self.cfg = cfg
         self.encoder = encoder
@@ -76,8 +76,6 @@ class SpeechLLM(nn.Module):
 
     def encode(self, audios: Sequence[np.ndarray]) -> list[torch.Tensor]:
         """Waveforms -> encoder hidden states, one (T_i, D) tensor each."""
-        from .cache import encode_audio
-
         for a in audios:
             self.encoder.check_duration(len(a), "audio")
         return encode_audio(self.encoder, audios, self.device)

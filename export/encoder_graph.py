@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tympan.training.model import SpeechLLM, pad_sequences
+from tympan.training.model.speech_llm import SpeechLLM, pad_sequences
 
 OPSET = 17
 INPUTS = ["features", "lengths"]

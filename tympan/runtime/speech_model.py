@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import Bundle, load_bundle
-from .encoder import OnnxEncoder
-from .llm import LLM, load_llm
-from .prompt import Prompts
+from tympan.runtime.bundle import Bundle, BundleError, load_bundle
+from tympan.runtime.llm import LLM, load_llm
+from tympan.runtime.onnx_encoder import OnnxEncoder
+from tympan.runtime.prompt import Prompts
 
 
 class SpeechModel:
@@ -23,7 +23,7 @@ class SpeechModel:
         self.prompts = Prompts(bundle)
         self.llm: LLM = load_llm(bundle, threads)
         if self.llm.hidden_size != self.encoder.embedding_dim:
-            raise ValueError(f"{bundle.path}: encoder gives {self.encoder.embedding_dim}-dim embeddings, "
+            raise BundleError(f"{bundle.path}: encoder gives {self.encoder.embedding_dim}-dim embeddings, "
                              f"the LLM takes {self.llm.hidden_size}")
 
     @classmethod

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from tympan.audio import AudioError
 from tympan.features import feature_extractor
-
-from .bundle import Bundle, BundleError
+from tympan.runtime.bundle import Bundle, BundleError
 
 
 def pad_features(features: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -50,7 +50,7 @@ class OnnxEncoder:
         """Mono float32 waveforms at the bundle's rate -> one (positions, hidden) array each."""
         for a in audios:
             if a.shape[0] > self.max_samples:
-                raise ValueError(f"{a.shape[0] / self.sample_rate:.1f} s of audio exceeds the encoder's "
+                raise AudioError(f"{a.shape[0] / self.sample_rate:.1f} s of audio exceeds the encoder's "
                                  f"{self.max_samples / self.sample_rate:.0f} s limit")
         feats, lengths = pad_features([self.features(a) for a in audios])
         out, out_lengths = self.session.run(None, {"features": feats, "lengths": lengths})

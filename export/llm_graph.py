@@ -214,7 +214,7 @@ def export_llm_onnx(
     embed_dtype: str = "float32",
 ) -> dict[str, Any]:
     """Write ``llm.onnx`` and ``embed_tokens.npy`` (+ ``weights.bin`` when external) to ``out_dir``, and
-    ``llm_onnx.json`` holding the returned description, which ``tympan.daemon.llm_onnx.OnnxLLM`` takes.
+    ``llm_onnx.json`` holding the returned description, which ``tympan.runtime.onnx_llm.OnnxLLM`` takes.
 
     ``external_data``: None = only when the weights exceed ~1.5 GB (protobuf's 2 GiB limit); the graph's large
     tensors then go to one ``weights.bin``. ``embed_dtype``: "float32" (exact) or "float16" (half the size; every

@@ -8,7 +8,8 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from .config import LLMConfig, LoraConfig, RandomLLMConfig
+from tympan.errors import TympanError
+from tympan.training.recipe import LLMConfig, LoraConfig, RandomLLMConfig
 
 # ChatML, the format of SmolLM2-Instruct: the random tiny LLM uses it too.
 CHATML_TEMPLATE = (
@@ -18,7 +19,7 @@ CHATML_TEMPLATE = (
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
-class LLMLoadError(RuntimeError):
+class LLMLoadError(TympanError, RuntimeError):
     """The LLM or its tokenizer could not be loaded."""
 
 
@@ -74,7 +75,7 @@ def load_pretrained(cfg: LLMConfig, dtype: torch.dtype = torch.float32):
     """(model, tokenizer) from a model id (local HF cache) or a local directory, optionally GGUF."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .base_models import PREFIX, resolve
+    from tympan.training.model.base_models import PREFIX, resolve
 
     if cfg.checkpoint.startswith(PREFIX):
         cfg = replace(cfg, checkpoint=resolve(cfg.checkpoint), gguf_file="")

@@ -163,7 +163,7 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class Config:
+class Recipe:
     encoder: EncoderConfig
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
@@ -204,7 +204,7 @@ def _expand(path: str, env: dict[str, str]) -> str:
         raise ConfigError(f"path {path!r} uses the unset environment variable {e.args[0]}") from None
 
 
-def validate(cfg: Config, source: str) -> Config:
+def validate(cfg: Recipe, source: str) -> Recipe:
     """Cross-field checks that a single field cannot express."""
     enc = cfg.encoder
     if not enc.checkpoint and enc.random is None:
@@ -244,19 +244,19 @@ def validate(cfg: Config, source: str) -> Config:
     return cfg
 
 
-def load_config(path: str | Path) -> Config:
+def load_config(path: str | Path) -> Recipe:
     path = Path(path)
     data = read_toml(path)
     if "base_dir" in data:
         raise ConfigError(f"{path}: unknown key base_dir")
     data["base_dir"] = str(path.resolve().parent)
-    cfg = from_dict(Config, data, source=str(path))
+    cfg = from_dict(Recipe, data, source=str(path))
     return validate(cfg, str(path))
 
 
-def config_from_dict(data: dict[str, Any], source: str, base_dir: str = ".") -> Config:
+def config_from_dict(data: dict[str, Any], source: str, base_dir: str = ".") -> Recipe:
     data = {**data, "base_dir": base_dir}
-    return validate(from_dict(Config, data, source=source), source)
+    return validate(from_dict(Recipe, data, source=source), source)
 
 
 def replace(cfg: Any, **changes: Any) -> Any:

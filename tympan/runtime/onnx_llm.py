@@ -1,4 +1,4 @@
-"""Greedy generation from ``inputs_embeds`` with the ONNX graph written by ``tympan.export.llm_onnx``.
+"""Greedy generation from ``inputs_embeds`` with the ONNX graph written by ``tympan.export.llm_graph``.
 
 numpy + onnxruntime only: the daemon must not pay torch's import time and memory for the LLM.
 One session serves prefill (the prompt, an empty cache) and every decode step (one embedding row, the cache so
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-# Must match tympan.export.llm_onnx (not imported from there: that module imports torch).
+# Must match tympan.export.llm_graph (not imported from there: that module imports torch).
 FORMAT = "tympan-llm-onnx"
 FORMAT_VERSION = 2
 INPUT_NAMES = ["inputs_embeds", "attention_mask", "position_ids"]

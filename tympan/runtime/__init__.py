@@ -1,0 +1,1 @@
+"""The serving runtime: load a verified bundle and run it (encoder graph, prompts, LLM, greedy decoding)."""
