@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 from tympan.atomic import write_file
 from tympan.errors import TympanError
 from tympan.training.corpus import augment
+from tympan.training.corpus.spoken import spoken_form
 from tympan.training.corpus.text import normalise  # what makes two texts "the same sentence"
 from tympan.training.corpus.voices import (
     ENGINES,
@@ -111,6 +112,12 @@ class Utterance:
     render: dict[str, float]
     augment: dict[str, Any]
     audio: str  # path relative to the corpus directory
+
+    @property
+    def speech(self) -> str:
+        """What the synthesizer is given: the text's spoken form (numbers as words), so every voice
+        says the same words and the CTC stage's target is exactly what was said."""
+        return spoken_form(self.item.text)
 
     def record(self, seconds: float) -> dict[str, Any]:
         return {"id": self.id, "split": self.split, "item": self.item.id, "source": self.item.source,
@@ -338,7 +345,8 @@ def _voice_split(items: list[TextItem], split: str, cat: VoiceCatalogue, seed: i
             urng = random.Random(f"{seed}:{uid}")
             render = render_params(voice, urng)
             aug = augment.choose(urng)
-            out.append(Utterance(uid, split, item, voice, render, aug, _audio_path(voice, item.text, render, aug)))
+            audio = _audio_path(voice, spoken_form(item.text), render, aug)
+            out.append(Utterance(uid, split, item, voice, render, aug, audio))
     return out
 
 
@@ -664,7 +672,7 @@ def _run_inline(pending: list[Utterance], out: Path, kokoro: KokoroAssets | None
         if not budget_left(u):
             return True
         try:
-            seconds = _synthesize(u.voice, u.item.text, u.render, u.augment, str(out / u.audio))
+            seconds = _synthesize(u.voice, u.speech, u.render, u.augment, str(out / u.audio))
         except Exception as e:  # one bad text must not end a long build; on_done stops a broken engine
             on_done(u, None, e)
         else:
@@ -692,7 +700,7 @@ def _run_pool(pending: list[Utterance], out: Path, kokoro: KokoroAssets | None, 
                     if not budget_left(u):
                         budget_reached = True
                         break
-                    fut = pool.submit(_synthesize, u.voice, u.item.text, u.render, u.augment, str(out / u.audio))
+                    fut = pool.submit(_synthesize, u.voice, u.speech, u.render, u.augment, str(out / u.audio))
                     in_flight[fut] = u
                 if not in_flight:
                     break
