@@ -52,12 +52,22 @@ class EncoderConfig:
 
 @dataclass(frozen=True)
 class ProjectorConfig:
+    # "dense": the seed's projector (frames averaged, Transformer, linear to the LLM's width).
+    # "ctc": a CTC head over the LLM's vocabulary and the bridge to token-rate embeddings
+    # (training/model/ctc.py); `frame_average` frames are then stacked, not averaged.
+    kind: Literal["dense", "ctc"] = "dense"
     frame_average: int = field(default=3, metadata=check(positive))
     width: int = field(default=1024, metadata=check(positive))
     layers: int = field(default=2, metadata=check(non_negative))
     heads: int = field(default=8, metadata=check(positive))
     ffn_size: int = field(default=4096, metadata=check(positive))
     dropout: float = field(default=0.1, metadata=check(probability))
+    # kind "ctc": frames whose blank probability reaches this are dropped by the bridge.
+    blank_threshold: float = field(default=0.9, metadata=check(probability))
+    # kind "ctc": a frame's vector is the weighted sum of its `top_k` best embedding rows ("topk"),
+    # or its best row ("top1").
+    bridge: Literal["topk", "top1"] = "topk"
+    top_k: int = field(default=8, metadata=check(positive))
 
 
 @dataclass(frozen=True)
@@ -160,6 +170,8 @@ class TrainConfig:
     projector: StageConfig = field(default_factory=lambda: StageConfig(tasks=["asr", "st"]))
     lora: StageConfig = field(default_factory=StageConfig)
     joint: StageConfig = field(default_factory=lambda: StageConfig(steps=1000))
+    # The CTC stage (projector kind "ctc"): the head alone on cached encoder outputs, ASR lines.
+    ctc: StageConfig = field(default_factory=lambda: StageConfig(steps=2000, lr=1e-3, tasks=["asr"]))
 
 
 @dataclass(frozen=True)

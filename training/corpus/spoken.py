@@ -72,7 +72,7 @@ def _previous_words(text: str, start: int, n: int) -> list[str]:
 
 def _read(m: re.Match[str], text: str) -> str:
     num, cur, suffix = m["num"], m["cur"], m["suf"]
-    recent = _previous_words(text, m.start(), 4)
+    recent = _previous_words(text, m.start(), 5)
     before = recent[-1] if recent else ""
     if m["time"]:
         hours, minutes = int(num), int(m["time"][1:])

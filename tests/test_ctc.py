@@ -1,0 +1,223 @@
+"""The CTC bridge (training/model/ctc.py), its targets (training/ctc_targets.py) and spoken forms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tympan.training.corpus.spoken import ctc_target, spoken_form
+from tympan.training.ctc_targets import CtcVocab, build_vocab, targets, text_of
+from tympan.training.model.ctc import CtcBridge, bridge, ctc_loss_sum, greedy_ids, stack_frames
+from tympan.training.recipe import ProjectorConfig
+
+V, H = 10, 6
+BLANK = V
+
+
+def onehot_logits(rows: list[list[int]], frames: int) -> torch.Tensor:
+    """Logits that put (practically) all probability on one label per frame."""
+    z = torch.full((len(rows), frames, V + 1), -30.0)
+    for b, labels in enumerate(rows):
+        for t, label in enumerate(labels):
+            z[b, t, label] = 30.0
+    return z
+
+
+@pytest.fixture
+def table() -> torch.Tensor:
+    return torch.randn(V, H, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("mode", ["topk", "top1"])
+def test_one_hot_posteriors_give_exactly_the_token_embeddings(table: torch.Tensor, mode: str) -> None:
+    # a a _ a b b | padding: a blank between two a's makes two tokens (CTC's collapse rule).
+    z = onehot_logits([[2, 2, BLANK, 2, 5, 5, 7, 7]], 8)
+    out, n = bridge(z, torch.tensor([6]), table, 0.9, 8, mode)
+    assert n.tolist() == [3]
+    torch.testing.assert_close(out[0], torch.stack([table[2], table[2], table[5]]), atol=1e-5, rtol=0)
+
+
+def test_batch_rows_are_independent_and_zero_padded(table: torch.Tensor) -> None:
+    z = onehot_logits([[1, BLANK, 3, 4], [6, 6, BLANK, BLANK]], 4)
+    out, n = bridge(z, torch.tensor([4, 4]), table, 0.9, 8, "topk")
+    assert n.tolist() == [3, 1] and out.shape == (2, 3, H)
+    torch.testing.assert_close(out[1, 0], table[6], atol=1e-5, rtol=0)
+    assert torch.count_nonzero(out[1, 1:]) == 0
+
+
+def test_all_blank_gives_no_segment(table: torch.Tensor) -> None:
+    out, n = bridge(onehot_logits([[BLANK] * 5], 5), torch.tensor([5]), table, 0.9, 8, "topk")
+    assert n.tolist() == [0] and out.shape == (1, 0, H)
+
+
+def test_blank_threshold_and_soft_mixing(table: torch.Tensor) -> None:
+    # One frame: blank 0.5, token 3 0.3, token 4 0.2. Kept under a 0.9 threshold, dropped under 0.4.
+    p = torch.tensor([0.0] * V + [0.5])
+    p[3], p[4] = 0.3, 0.2
+    z = p.clamp(min=1e-12).log()[None, None]
+    out, _ = bridge(z, torch.tensor([1]), table, 0.9, 2, "topk")
+    torch.testing.assert_close(out[0, 0], 0.6 * table[3] + 0.4 * table[4], atol=1e-5, rtol=0)
+    assert bridge(z, torch.tensor([1]), table, 0.4, 2, "topk")[1].tolist() == [0]
+
+
+def test_greedy_ids_collapse_repeats_and_drop_blanks() -> None:
+    z = onehot_logits([[2, 2, BLANK, 2, 5, BLANK, 5, 9]], 8)
+    assert greedy_ids(z, torch.tensor([7])) == [[2, 2, 5, 5]]
+
+
+def test_stack_frames_zeroes_padding_and_counts_frames() -> None:
+    x = torch.arange(2 * 5 * 2, dtype=torch.float32).reshape(2, 5, 2) + 1
+    stacked, n = stack_frames(x, torch.tensor([5, 2]), 2)
+    assert stacked.shape == (2, 3, 4) and n.tolist() == [3, 1]
+    assert torch.count_nonzero(stacked[1, 1:]) == 0
+    assert stacked[0, 2].tolist() == [9.0, 10.0, 0.0, 0.0]
+
+
+def tiny_bridge(vocab: int = V) -> CtcBridge:
+    torch.manual_seed(0)
+    cfg = ProjectorConfig(kind="ctc", frame_average=2, width=16, layers=1, heads=2, ffn_size=32, dropout=0.0)
+    model = CtcBridge(cfg, 8, H, torch.arange(vocab))
+    model.tie(torch.randn(vocab + 5, H))
+    return model
+
+
+def test_the_head_learns_a_fixed_batch() -> None:
+    model = tiny_bridge()
+    x, lengths = torch.randn(3, 24, 8), torch.tensor([24, 20, 16])
+    labels = [[1, 2, 3], [4, 4], [5]]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(200):
+        logits, frames = model.logits(x, lengths)
+        loss = ctc_loss_sum(logits, frames, labels, model.blank_id) / 6
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.1 * losses[0]
+    model.eval()
+    logits, frames = model.logits(x, lengths)
+    assert greedy_ids(logits, frames) == labels
+
+
+def test_untied_bridge_is_refused() -> None:
+    cfg = ProjectorConfig(kind="ctc", frame_average=2, width=16, layers=1, heads=2, ffn_size=32)
+    model = CtcBridge(cfg, 8, H, torch.arange(V))
+    with pytest.raises(RuntimeError, match="tie"):
+        model(torch.randn(1, 4, 8), torch.tensor([4]))
+    with pytest.raises(ValueError, match="rows"):
+        model.tie(torch.randn(V - 1, H))
+
+
+def test_onnx_export_matches_torch_for_any_batch_and_length(tmp_path) -> None:
+    import onnxruntime as ort
+
+    model = tiny_bridge().eval()
+    x, lengths = torch.randn(2, 37, 8), torch.tensor([37, 21])
+    path = tmp_path / "bridge.onnx"
+    torch.onnx.export(model, (x, lengths), str(path), input_names=["x", "lengths"], output_names=["emb", "n"],
+                      dynamic_axes={"x": {0: "b", 1: "t"}, "lengths": {0: "b"}, "emb": {0: "b", 1: "s"},
+                                    "n": {0: "b"}}, opset_version=17, dynamo=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for frames, rows in [(37, [37, 21]), (50, [50, 3]), (9, [9]), (120, [120, 60, 1])]:
+        x, lengths = torch.randn(len(rows), frames, 8), torch.tensor(rows)
+        with torch.no_grad():
+            want, want_n = model(x, lengths)
+        got, got_n = session.run(None, {"x": x.numpy(), "lengths": lengths.numpy()})
+        assert got_n.tolist() == want_n.tolist()
+        np.testing.assert_allclose(got, want.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize(("text", "spoken"), [
+    ("Founded in 1924, the firm has 7874 employees.",
+     "Founded in nineteen twenty-four, the firm has seven thousand eight hundred seventy-four employees."),
+    ("Open from 7:30 until 21:00; checkout at 12:00 or 9:05.",
+     "Open from seven thirty until twenty-one hundred; checkout at twelve o'clock or nine oh five."),
+    ("She came 25th in the 1990s.", "She came twenty-fifth in the nineteen nineties."),
+    ("Call 0163 494 631; the code for the door is 9411.",
+     "Call zero one six three four nine four six three one; the code for the door is nine four one one."),
+    ("A 30-minute trip costs $5, 60% less.", "A thirty minute trip costs five dollars, sixty percent less."),
+])
+def test_spoken_form(text: str, spoken: str) -> None:
+    assert spoken_form(text) == spoken
+
+
+def test_ctc_target_is_lowercase_words() -> None:
+    assert ctc_target("It's 3.5 km — \"go\" North!") == "it's three point five km go north"
+
+
+class Tokenizer:
+    """A byte-level-BPE-like tokenizer over a fixed vocabulary, greedy longest match (for the target tests)."""
+
+    def __init__(self, pieces: list[str]) -> None:
+        self.vocab = {p: i for i, p in enumerate(pieces)}
+
+    def __len__(self) -> int:
+        return len(self.vocab)
+
+    def get_vocab(self) -> dict[str, int]:
+        return dict(self.vocab)
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        s, out = text.replace(" ", "Ġ"), []
+        while s:
+            end = max(e for e in range(1, len(s) + 1) if s[:e] in self.vocab)
+            out.append(self.vocab[s[:end]])
+            s = s[end:]
+        return out
+
+    def convert_ids_to_tokens(self, i: int) -> str:
+        return {v: k for k, v in self.vocab.items()}[i]
+
+    def convert_tokens_to_ids(self, piece: str) -> int | None:
+        return self.vocab.get(piece)
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return "".join(self.convert_ids_to_tokens(i) for i in ids).replace("Ġ", " ")
+
+
+def test_vocab_and_targets_spell_unseen_words(tmp_path) -> None:
+    letters = [c for c in "abcdefghijklmnopqrstuvwxyz'"]
+    tok = Tokenizer(["Ġ", *letters, *("Ġ" + c for c in letters), "Ġgo", "Ġten", "Ġmeters", "Ġforward", "Ġzebra"])
+    vocab = build_vocab(tok, ["Go 10 meters"])
+    assert tok.vocab["Ġzebra"] not in vocab.ids and tok.vocab["Ġten"] in vocab.ids
+    ids = targets(tok, vocab, "Go forward 10 meters, zebra")
+    assert text_of(tok, vocab, ids) == "go forward ten meters zebra"
+    vocab.save(tmp_path / "vocab.json")
+    assert CtcVocab.load(tmp_path / "vocab.json", len(tok)) == vocab
+    with pytest.raises(ValueError, match="tokenizer of"):
+        CtcVocab.load(tmp_path / "vocab.json", len(tok) + 1)
+
+
+def test_simulation_without_errors_is_the_token_embeddings() -> None:
+    from tympan.training.simulate import ErrorProfile, embed, simulate
+
+    table = torch.randn(50, H)
+    tokens = [3, 7, 7, 12]
+    ids, weights = simulate(tokens, ErrorProfile(peak_mean=1.0, peak_std=0.0), 50, 4, np.random.default_rng(0))
+    assert ids[:, 0].tolist() == tokens and np.allclose(weights[:, 0], 1.0)
+    torch.testing.assert_close(embed(ids, weights, table), table[tokens], atol=1e-6, rtol=0)
+
+
+def test_simulated_error_rates_are_the_profile_s() -> None:
+    from tympan.training.simulate import ErrorProfile, align, measure, simulate
+
+    assert align([1, 2, 3], [1, 9, 3, 4]) == [(1, 1), (2, 9), (3, 3), (None, 4)]
+    assert align([1, 2, 3], [1, 3]) == [(1, 1), (2, None), (3, 3)]
+    profile = ErrorProfile(substitution=0.15, deletion=0.1, insertion=0.05, peak_mean=0.8, peak_std=0.1,
+                           confusions={5: [(6, 3), (7, 1)]})
+    rng = np.random.default_rng(1)
+    refs, hyps, peaks = [], [], []
+    for _ in range(400):
+        tokens = rng.integers(0, 200, 12).tolist()
+        ids, weights = simulate(tokens, profile, 200, 4, rng)
+        refs.append(tokens)
+        hyps.append(ids[:, 0].tolist())
+        peaks += weights[:, 0].tolist()
+    got = measure(refs, hyps, peaks)
+    # Alignment can pair a deletion and an insertion as one substitution: totals within a point or two.
+    assert abs(got.substitution - 0.15) < 0.03 and abs(got.deletion - 0.1) < 0.03 and abs(got.insertion - 0.05) < 0.03
+    assert abs(got.peak_mean - 0.8) < 0.02
+    ids, _ = simulate([5] * 2000, ErrorProfile(substitution=1.0, confusions=profile.confusions), 200, 4, rng)
+    assert set(ids[:, 0].tolist()) == {6, 7} and (ids[:, 0] == 6).mean() > 0.65

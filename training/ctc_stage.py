@@ -1,0 +1,254 @@
+"""The CTC stage: the CTC bridge's head (projector kind "ctc") trained alone, on cached encoder outputs.
+
+No LLM forward: a step is the head's forward and backward on a batch of cached frames, a few
+hundred milliseconds on two CPU cores instead of seconds. Phases, as in the main trainer: `setup`
+(data, targets, vocabulary, model, optimizer; resumes from the last step checkpoint), `fit` (the
+step loop, with checkpoints every `train.save_every` steps and a greedy-CTC WER on the dev set every
+`train.eval_every`), `save`.
+
+Layout under OUT/ctc/: `vocab.json` (the scored LLM token ids, built once from the training text),
+`step-NNNNNN/` (projector.safetensors, state.pt: optimizer, scheduler, step, RNG) and `final/`,
+`log.jsonl`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from tympan import scoring
+from tympan.atomic import atomic_directory
+from tympan.errors import TympanError
+from tympan.manifest import Example, load_manifests
+from tympan.training.cache import EncoderCache
+from tympan.training.ctc_targets import CtcVocab, build_vocab, targets, text_of
+from tympan.training.model.ctc import CtcBridge, ctc_loss_sum, greedy_ids
+from tympan.training.model.encoder import SpeechEncoder, build_encoder
+from tympan.training.model.speech_llm import mask_frames, pad_sequences
+from tympan.training.recipe import Recipe
+
+
+class CtcStageError(TympanError, RuntimeError):
+    """The CTC stage cannot run: wrong projector kind, no speech to train on."""
+
+
+@dataclass
+class CtcStage:
+    cfg: Recipe
+    dir: Path
+    encoder: SpeechEncoder
+    cache: EncoderCache
+    tokenizer: Any
+    vocab: CtcVocab
+    model: CtcBridge
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    train: list[Example]
+    dev: list[Example]
+    targets: dict[str, list[int]]
+    step: int = 0
+    rng: random.Random | None = None
+    generator: torch.Generator | None = None
+
+
+def lr_factor(warmup: int, total: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    return f
+
+
+def step_dirs(stage_dir: Path) -> list[Path]:
+    return sorted(p for p in stage_dir.glob("step-*") if (p / "state.pt").is_file())
+
+
+def load_tokenizer(cfg: Recipe) -> Any:
+    from transformers import AutoTokenizer
+
+    from tympan.training.model.base_models import PREFIX, resolve
+
+    checkpoint = resolve(cfg.llm.checkpoint) if cfg.llm.checkpoint.startswith(PREFIX) else cfg.llm.checkpoint
+    return AutoTokenizer.from_pretrained(checkpoint)
+
+
+def llm_embeddings(cfg: Recipe) -> torch.Tensor:
+    """The LLM's input-embedding matrix (frozen), read from its safetensors without building the model."""
+    from tympan.training.model.base_models import PREFIX, resolve
+
+    checkpoint = Path(resolve(cfg.llm.checkpoint) if cfg.llm.checkpoint.startswith(PREFIX) else cfg.llm.checkpoint)
+    for file in sorted(checkpoint.glob("*.safetensors")):
+        weights = load_file(str(file))
+        for name in ("model.embed_tokens.weight", "embed_tokens.weight"):
+            if name in weights:
+                return weights[name].float()
+    raise CtcStageError(f"{checkpoint}: no embed_tokens weight in its safetensors files")
+
+
+def new_bridge(cfg: Recipe, encoder: SpeechEncoder, vocab: CtcVocab, embeddings: torch.Tensor) -> CtcBridge:
+    if cfg.projector.kind != "ctc":
+        raise CtcStageError(f"the CTC stage needs projector.kind = \"ctc\", the config has {cfg.projector.kind!r}")
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed)
+        model = CtcBridge(cfg.projector, encoder.output_dim, embeddings.shape[1], torch.tensor(vocab.ids))
+    model.tie(embeddings)
+    return model
+
+
+def setup(cfg: Recipe, out: Path, train: Sequence[Path], dev: Sequence[Path], cache_root: Path) -> CtcStage:
+    """Data, vocabulary, targets, the model and its optimizer; resumed from the last step checkpoint."""
+    stage_cfg = cfg.train.ctc
+    examples = load_manifests(train)
+    speech = [e for e in examples if e.is_speech and e.task in stage_cfg.tasks and e.text]
+    if not speech:
+        raise CtcStageError("no speech examples with a transcript ('text') in the training manifests")
+    tokenizer = load_tokenizer(cfg)
+    stage_dir = out / "ctc"
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    vocab_file = stage_dir / "vocab.json"
+    if vocab_file.is_file():
+        vocab = CtcVocab.load(vocab_file, len(tokenizer))
+    else:
+        vocab = build_vocab(tokenizer, sorted({e.text for e in examples if e.text}))
+        vocab.save(vocab_file)
+    encoder = build_encoder(cfg.encoder, seed=cfg.seed)
+    cache = EncoderCache(cache_root, encoder, cfg.train.cache_dtype)
+    dev_examples = [e for e in load_manifests(dev) if e.is_speech and e.task == "asr" and e.text] if dev else []
+    wanted = {e.id: e for e in [*speech, *dev_examples]}
+    target_of = {i: targets(tokenizer, vocab, e.text or "") for i, e in wanted.items()}
+    speech = [e for e in speech if target_of[e.id]]
+    model = new_bridge(cfg, encoder, vocab, llm_embeddings(cfg))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=stage_cfg.lr,
+                                  weight_decay=cfg.train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(stage_cfg.warmup_steps, stage_cfg.steps))
+    stage = CtcStage(cfg, stage_dir, encoder, cache, tokenizer, vocab, model, optimizer, scheduler, speech,
+                     dev_examples, target_of, rng=random.Random(cfg.seed),
+                     generator=torch.Generator().manual_seed(cfg.seed))
+    resume(stage)
+    return stage
+
+
+def resume(stage: CtcStage) -> None:
+    checkpoints = step_dirs(stage.dir)
+    if not checkpoints:
+        return
+    last = checkpoints[-1]
+    stage.model.load_state_dict(load_file(str(last / "projector.safetensors")), strict=False)
+    state = torch.load(last / "state.pt", weights_only=False)
+    stage.optimizer.load_state_dict(state["optimizer"])
+    stage.scheduler.load_state_dict(state["scheduler"])
+    stage.step = int(state["step"])
+    assert stage.rng is not None and stage.generator is not None
+    stage.rng.setstate(state["rng"])
+    stage.generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch"])
+
+
+def fill_cache(stage: CtcStage, examples: Sequence[Example], progress: Callable[[str], None] = print) -> None:
+    todo = [e for e in examples if not stage.cache.has(e)]
+    if todo:
+        progress(f"ctc: encoding {len(todo)} audio files into the cache")
+        stage.cache.fill(todo, torch.device("cpu"), stage.cfg.train.encode_batch_size)
+
+
+def batches(stage: CtcStage) -> list[list[Example]]:
+    """One epoch: examples shuffled, then cut into batches of similar length (less padding)."""
+    assert stage.rng is not None
+    size = stage.cfg.train.batch_size
+    items = list(stage.train)
+    stage.rng.shuffle(items)
+    window = size * 32
+    out: list[list[Example]] = []
+    for i in range(0, len(items), window):
+        chunk = sorted(items[i : i + window], key=lambda e: len(stage.targets[e.id]))
+        out += [chunk[j : j + size] for j in range(0, len(chunk), size)]
+    stage.rng.shuffle(out)
+    return out
+
+
+def train_step(stage: CtcStage, batch: Sequence[Example]) -> float:
+    stage.model.train()
+    hidden, lengths = pad_sequences([stage.cache.get(e) for e in batch])
+    hidden = mask_frames(hidden, lengths, stage.cfg.train.augment, stage.generator)  # type: ignore[arg-type]
+    logits, frames = stage.model.logits(hidden, lengths)
+    labels = [stage.targets[e.id] for e in batch]
+    loss = ctc_loss_sum(logits, frames, labels, stage.vocab.blank) / sum(len(t) for t in labels)
+    stage.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(stage.model.parameters(), stage.cfg.train.max_grad_norm)
+    stage.optimizer.step()
+    stage.scheduler.step()
+    stage.step += 1
+    return float(loss)
+
+
+@torch.no_grad()
+def transcribe(model: CtcBridge, tokenizer: Any, vocab: CtcVocab, hidden: Sequence[torch.Tensor]) -> list[str]:
+    """Greedy CTC text of cached encoder outputs."""
+    model.eval()
+    out: list[str] = []
+    for i in range(0, len(hidden), 16):
+        padded, lengths = pad_sequences(list(hidden[i : i + 16]))
+        logits, frames = model.logits(padded, lengths)
+        out += [text_of(tokenizer, vocab, ids) for ids in greedy_ids(logits, frames)]
+    return out
+
+
+def dev_wer(stage: CtcStage, examples: Sequence[Example]) -> float:
+    """WER (%) of greedy CTC against the transcripts, after Whisper's English normalisation."""
+    hyps = transcribe(stage.model, stage.tokenizer, stage.vocab, [stage.cache.get(e) for e in examples])
+    return scoring.wer([e.target for e in examples], hyps, scoring.normalize_english)
+
+
+def save(stage: CtcStage, path: Path, with_state: bool) -> None:
+    with atomic_directory(path) as tmp:
+        state = {k: v.contiguous() for k, v in stage.model.state_dict().items()}
+        save_file(state, str(tmp / "projector.safetensors"))
+        stage.vocab.save(tmp / "vocab.json")
+        if with_state:
+            assert stage.rng is not None and stage.generator is not None
+            torch.save({"optimizer": stage.optimizer.state_dict(), "scheduler": stage.scheduler.state_dict(),
+                        "step": stage.step, "rng": stage.rng.getstate(), "generator": stage.generator.get_state(),
+                        "torch": torch.get_rng_state()}, tmp / "state.pt")
+
+
+def fit(stage: CtcStage, until_step: int | None = None, say: Callable[[str], None] = print) -> None:
+    """Steps until `train.ctc.steps` (or `until_step`), checkpointing every `train.save_every`."""
+    cfg = stage.cfg
+    last = min(cfg.train.ctc.steps, until_step or cfg.train.ctc.steps)
+    fill_cache(stage, [*stage.train, *stage.dev], say)
+    log = stage.dir / "log.jsonl"
+    started, losses = time.monotonic(), []
+    while stage.step < last:
+        for batch in batches(stage):
+            losses.append(train_step(stage, batch))
+            record: dict[str, Any] = {"step": stage.step}
+            if stage.step % cfg.train.log_every == 0:
+                record.update(loss=round(sum(losses) / len(losses), 4), lr=stage.scheduler.get_last_lr()[0],
+                              elapsed_s=round(time.monotonic() - started, 1))
+                losses = []
+            if cfg.train.eval_every and stage.step % cfg.train.eval_every == 0 and stage.dev:
+                record["dev_wer"] = round(dev_wer(stage, stage.dev), 2)
+            if len(record) > 1:
+                say(f"ctc {json.dumps(record)}")
+                with open(log, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(record) + "\n")
+            if stage.step % cfg.train.save_every == 0 or stage.step == last:
+                save(stage, stage.dir / f"step-{stage.step:06d}", with_state=True)
+                for old in step_dirs(stage.dir)[: -cfg.train.keep_checkpoints]:
+                    shutil.rmtree(old)
+            if stage.step >= last:
+                break
+    if stage.step >= cfg.train.ctc.steps:
+        save(stage, stage.dir / "final", with_state=False)
