@@ -49,11 +49,10 @@ def _utterances(root: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Its speed (under a minute on an idle 2-core machine) is a figure for the README, not a test:
+    # a timed assertion fails whenever the machine is busy.
     out = tmp_path_factory.mktemp("corpus") / "c"
-    started = time.monotonic()
     assert _build(out, "--jobs", "2") == 0
-    elapsed = time.monotonic() - started
-    assert elapsed < 60, f"--size small took {elapsed:.0f} s"
     return out
 
 
