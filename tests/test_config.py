@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+import typing
 from pathlib import Path
 
 import pytest
@@ -45,12 +46,21 @@ BASE = '[encoder]\nkind = "whisper"\n[encoder.random]\n[llm.random]\n'
         ("[train]\nprecision = 'fp8'\n", "train.precision: 'fp8' is not one of"),
         ("[train.joint]\ntasks = ['asr', 'dance']\n", "train.joint.tasks[1]: 'dance' is not one of"),
         ("[prompt.instructions.sqa]\nde = 'Antworte.'\n", "must contain {question}"),
+        ("[prompt.instructions.dance]\nen = 'Dance.'\n", "prompt.instructions.dance: unknown task (asr, st, sqa)"),
         ("[lora]\ndropout = 1.5\n", "lora.dropout: must be in [0, 1)"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, extra: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(_write(tmp_path, BASE + extra))
+
+
+def test_the_recipes_task_type_names_the_tasks_of_tympan_tasks() -> None:
+    from tympan.tasks import TASKS
+    from tympan.training.recipe import StageConfig, Task
+
+    assert typing.get_args(Task) == TASKS
+    assert tuple(StageConfig().tasks) == TASKS
 
 
 def test_missing_encoder_weights_and_random_is_refused(tmp_path: Path) -> None:

@@ -87,6 +87,27 @@ def test_joint_trains_projector_and_lora_with_their_own_learning_rates(tiny_cfg,
     assert any(not torch.equal(lora_before[k], lora_after[k]) for k in lora_before)
 
 
+def test_joint_trains_on_text_only_lines_only_with_text_lines_on(tiny_cfg, toy_corpus, tmp_path) -> None:
+    speech = [json.loads(x) for x in _fixed_batch(toy_corpus, tmp_path).read_text().splitlines()]
+    lines = [json.loads(x) for x in (toy_corpus / "train.jsonl").read_text().splitlines()]
+    text_only = [x for x in lines if not x.get("audio")][:4]
+    manifest = tmp_path / "mixed.jsonl"
+    manifest.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in speech + text_only))
+    text_ids = {x["id"] for x in text_only}
+    for text_lines in (True, False):
+        cfg = _cfg(tiny_cfg, manifest, steps=1)
+        cfg = replace(cfg, train=replace(cfg.train, joint=replace(cfg.train.joint, text_lines=text_lines)))
+        trainer = Trainer(cfg, tmp_path / f"run-{text_lines}", show_progress=False)
+        trainer.run(["projector", "lora"])  # the lora stage trains on the text-only lines either way
+        run = trainer.setup("joint", {})
+        # Two epochs of batches: one speech batch, its paired MT batch and, when on, one text batch each.
+        seen = [e for _ in range(6) for e in next(run.stream).examples]
+        used = {e.id for e in seen} & text_ids
+        assert used == (text_ids if text_lines else set()), text_lines
+        # Off, the only text batches left are the speech lines' transcripts (paired MT).
+        assert all(e.is_speech or e.id.endswith("#text") for e in seen) != text_lines
+
+
 def test_training_from_the_encoder_cache_gives_the_same_loss_as_from_audio(tiny_cfg, toy_corpus, tmp_path) -> None:
     manifest = _fixed_batch(toy_corpus, tmp_path)
     runs = {}

@@ -1,1 +1,1 @@
-"""tympan.training: the speech LLM (encoder, projector, LLM + LoRA) and its three-stage training."""
+"""tympan.training: the speech LLM (`training.model`) and its three-stage training, corpus and tools."""

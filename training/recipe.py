@@ -1,4 +1,4 @@
-"""The model and training configuration (one TOML file), validated at load time."""
+"""The recipe: the model and its training in one TOML file (class `Recipe`), validated at load time."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from tympan.config import (
     ConfigError,
@@ -19,8 +19,10 @@ from tympan.config import (
     to_dict,
     tympan_home,
 )
+from tympan.tasks import TASKS
 
 EncoderKind = Literal["seamless_m4t_v2", "whisper"]
+# tympan.tasks.TASKS as a type: a config naming another task fails to load (a test keeps them equal).
 Task = Literal["asr", "st", "sqa"]
 Stage = Literal["projector", "lora", "joint"]
 STAGES: tuple[Stage, ...] = ("projector", "lora", "joint")
@@ -109,7 +111,7 @@ class PromptConfig:
     # (SmolLM2's) otherwise insert a default system message of about 20 tokens per example.
     empty_system_turn: bool = False
     # Instruction templates by task and target language; `{question}` is filled for SQA.
-    # Missing entries fall back to the built-in templates in training/prompt.py.
+    # Missing entries fall back to the built-in ones (tympan.tasks.INSTRUCTIONS).
     instructions: dict[str, dict[str, str]] = field(default_factory=dict)
     max_new_tokens: int = field(default=100, metadata=check(positive))
 
@@ -130,7 +132,7 @@ class StageConfig:
     # Joint stage only: a separate learning rate for the LoRA parameters (0: use `lr`).
     lr_lora: float = field(default=0.0, metadata=check(non_negative))
     warmup_steps: int = field(default=0, metadata=check(non_negative))
-    tasks: list[Task] = field(default_factory=lambda: ["asr", "st", "sqa"])
+    tasks: list[Task] = field(default_factory=lambda: list(get_args(Task)))
     # Joint stage: after a speech ST batch, train on the same examples as text (MT).
     pair_text: bool = True
     # Joint stage: also train on the manifests' text-only lines (the lora stage always does).
@@ -243,8 +245,8 @@ def validate(cfg: Recipe, source: str) -> Recipe:
     if not cfg.lora.target_modules:
         raise ConfigError(f"{source}: lora.target_modules must name at least one module")
     for task, langs in cfg.prompt.instructions.items():
-        if task not in ("asr", "st", "sqa"):
-            raise ConfigError(f"{source}: prompt.instructions.{task}: unknown task (asr, st, sqa)")
+        if task not in TASKS:
+            raise ConfigError(f"{source}: prompt.instructions.{task}: unknown task ({', '.join(TASKS)})")
         if task == "sqa":
             for lang, text in langs.items():
                 if "{question}" not in text:

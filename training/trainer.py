@@ -5,6 +5,10 @@ Stage 2 `lora`: LoRA on text-only instructions; independent of stage 1.
 Stage 3 `joint`: stage-1 projector + stage-2 LoRA trained together on speech and text
 batches (an ST batch followed by its MT batch), each with its own learning rate.
 
+Each stage runs in three phases: `setup` (examples, model, optimizer, scheduler, and the
+state of the last step checkpoint when resuming), `fit` (the steps: batches, loss, optimizer,
+log, dev loss, step checkpoints) and `finish` (the final checkpoint).
+
 Every stage writes resumable checkpoints to OUT/<stage>/step-NNNNNN, a JSONL log to
 OUT/<stage>/log.jsonl, and OUT/<stage>/final when done. Randomly initialised base
 weights live in OUT/base so that every stage and every resume sees the same ones.
@@ -15,17 +19,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from tympan.atomic import atomic_directory
@@ -33,7 +35,8 @@ from tympan.audio import load_audio
 from tympan.config import to_dict, tympan_home
 from tympan.errors import TympanError
 from tympan.manifest import Example, load_manifests
-from tympan.training.batches import batch_stream, stage_examples
+from tympan.tasks import merged_templates
+from tympan.training.batches import PlannedBatch, batch_stream, stage_examples
 from tympan.training.cache import EncoderCache
 from tympan.training.model.checkpoint import (
     Base,
@@ -49,9 +52,8 @@ from tympan.training.model.checkpoint import (
     save_checkpoint,
 )
 from tympan.training.model.speech_llm import SpeechLLM
-from tympan.training.recipe import STAGES, Recipe
-
-STEP_PREFIX = "step-"
+from tympan.training.recipe import STAGES, Recipe, Stage
+from tympan.training.resume import STEP_PREFIX, rng_state, set_rng_state, step_dirs, truncate_log
 
 
 class TrainError(TympanError, RuntimeError):
@@ -66,9 +68,51 @@ class StageOutcome:
     last_loss: float | None
 
 
-def _step_dirs(stage_dir: Path) -> list[Path]:
-    dirs = [p for p in stage_dir.glob(f"{STEP_PREFIX}*") if (p / "checkpoint.json").is_file()]
-    return sorted(dirs, key=lambda p: int(p.name[len(STEP_PREFIX) :]))
+@dataclass
+class StageData:
+    speech: list[Example]
+    text: list[Example]
+    dev: list[Example]  # speech and text
+
+
+@dataclass
+class StageRun:
+    """A stage in progress: built by `setup`, advanced by `fit`, saved by `finish`."""
+
+    stage: Stage
+    dir: Path
+    data: StageData
+    model: SpeechLLM  # the model itself, for saving and evaluation
+    prepared: torch.nn.Module  # the same, as Accelerate wraps it for training (DDP)
+    optimizer: Any  # Accelerate's wrapper around the AdamW optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    groups: list[dict[str, Any]]  # the optimizer's parameter groups, each named after a trained part
+    trained: list[str]  # the parts this stage trains: projector, lora
+    tasks: dict[str, list[str]]  # task -> target languages trained on
+    stream: Iterator[PlannedBatch]
+    step: int
+    last_loss: float | None = None
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "log.jsonl"
+
+    @property
+    def final(self) -> Path:
+        return self.dir / "final"
+
+
+def _trained_parts(stage: Stage) -> list[str]:
+    return [part for part, on in (("projector", stage in ("projector", "joint")),
+                                  ("lora", stage in ("lora", "joint"))) if on]
+
+
+def _tasks_seen(examples: Sequence[Example]) -> dict[str, list[str]]:
+    """Task -> sorted target languages, for the checkpoint's metadata."""
+    tasks: dict[str, set[str]] = {}
+    for e in examples:
+        tasks.setdefault(e.task, set()).add(e.tgt_lang)
+    return {t: sorted(langs) for t, langs in sorted(tasks.items())}
 
 
 def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
@@ -79,35 +123,6 @@ def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return f
-
-
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _truncate_log(log: Path, step: int) -> None:
-    """Drop log lines past `step` (written by a run that stopped before its next checkpoint)."""
-    if not log.is_file():
-        return
-    kept = []
-    for line in log.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                kept.append(line)
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue  # a line cut short by a crash
-    log.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
 def resolve_manifest(cfg: Recipe, entry: str) -> Path:
@@ -170,12 +185,7 @@ class Trainer:
             print(message, file=sys.stderr, flush=True)
 
     def _known_langs(self) -> dict[str, set[str]]:
-        from tympan.training.model.prompt import INSTRUCTIONS
-
-        langs = {t: set(v) for t, v in INSTRUCTIONS.items()}
-        for t, v in self.cfg.prompt.instructions.items():
-            langs.setdefault(t, set()).update(v)
-        return langs
+        return {task: set(langs) for task, langs in merged_templates(self.cfg.prompt.instructions).items()}
 
     @property
     def base_dir(self) -> Path:
@@ -222,6 +232,92 @@ class Trainer:
 
     # -- stages -------------------------------------------------------------------------
 
+    def run(self, stages: Sequence[str], until_step: int | None = None,
+            init: dict[str, Path | None] | None = None) -> list[StageOutcome]:
+        outcomes = []
+        for stage in stages:
+            outcome = self.run_stage(stage, until_step=until_step, init=init or {})
+            outcomes.append(outcome)
+            if outcome.final is None:
+                break
+        return outcomes
+
+    def run_stage(self, stage: str, until_step: int | None = None,
+                  init: dict[str, Path | None] | None = None) -> StageOutcome:
+        """One stage in three phases: setup (or resume), fit up to `until_step`, finish."""
+        assert stage in STAGES
+        final = self.out / stage / "final"
+        if (final / "checkpoint.json").is_file():
+            self._say(f"[{stage}] already finished: {final}")
+            return StageOutcome(stage, read_meta(final)["step"], final, None)
+        run = self.setup(stage, init or {})
+        self.fit(run, until_step)
+        outcome = self.finish(run)
+        if "lora" in run.trained:
+            # get_peft_model injected LoRA layers into the shared base LLM: take them out so
+            # the next stage starts from the clean base.
+            self.base.llm = run.model.llm.unload()
+        return outcome
+
+    # -- setup: examples, model, optimizer, resume state -----------------------------
+
+    def setup(self, stage: Stage, init: dict[str, Path | None]) -> StageRun:
+        """A stage ready for its next step: from the last step checkpoint if there is one."""
+        data = self._stage_data(stage)
+        checkpoints = step_dirs(self.out / stage)
+        resume = checkpoints[-1] if checkpoints else None
+        trained = _trained_parts(stage)
+        model = self._stage_model(stage, trained, resume, init)
+        groups = self._param_groups(stage, model, trained)
+        scfg = self.cfg.stage(stage)
+        optimizer = torch.optim.AdamW(groups, weight_decay=self.cfg.train.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(scfg.warmup_steps, scfg.steps))
+        step = self._restore(stage, resume, optimizer, scheduler) if resume else self._fresh_start()
+        prepared, prepared_optimizer = self.acc.prepare(model, optimizer)
+        return StageRun(stage=stage, dir=self.out / stage, data=data, model=self.acc.unwrap_model(prepared),
+                        prepared=prepared, optimizer=prepared_optimizer, scheduler=scheduler, groups=groups,
+                        trained=trained, tasks=_tasks_seen([*data.speech, *data.text]),
+                        stream=self._batches(stage, data, step), step=step)
+
+    def _stage_data(self, stage: Stage) -> StageData:
+        """The stage's training and dev examples, their encoder outputs cached."""
+        scfg = self.cfg.stage(stage)
+        speech, text = stage_examples(self.train_examples, stage, scfg.tasks)
+        if stage == "joint" and not scfg.text_lines:
+            text = []
+        if stage == "projector" and not speech:
+            raise TrainError("projector stage: no speech examples for tasks " + ", ".join(scfg.tasks))
+        if stage == "lora" and not text:
+            raise TrainError("lora stage: no text examples (text-only lines or transcripts) for its tasks")
+        dev_speech, dev_text = stage_examples(self.dev_examples, stage, scfg.tasks)
+        self._fill_cache(speech + dev_speech)
+        return StageData(speech, text, dev_speech + dev_text)
+
+    def _stage_model(self, stage: Stage, trained: list[str], resume: Path | None,
+                     init: dict[str, Path | None]) -> SpeechLLM:
+        """The model with the stage's trainable parts: from `resume`, else from the earlier stages."""
+        from safetensors.torch import load_file
+
+        proj_init, lora_init = self._init_paths(stage, init)
+        projector_src = resume or proj_init
+        lora_src = resume or lora_init
+        projector_state = (
+            load_file(str(projector_src / "projector.safetensors"))
+            if projector_src and (projector_src / "projector.safetensors").is_file()
+            else None
+        )
+        adapter_dir = lora_src / "adapter" if lora_src and (lora_src / "adapter").is_dir() else None
+        model = assemble_model(self.cfg, self.base, lora="lora" in trained, projector_state=projector_state,
+                               adapter_dir=adapter_dir, trainable=True)
+        model.projector.requires_grad_("projector" in trained)
+        model.encoder.requires_grad_(False)
+        model.to(self.acc.device)
+        model.train()
+        model.encoder.eval()
+        if self.cfg.train.gradient_checkpointing:
+            model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return model
+
     def _init_paths(self, stage: str, init: dict[str, Path | None]) -> tuple[Path | None, Path | None]:
         """(projector checkpoint, lora checkpoint) the stage starts from."""
         if stage != "joint":
@@ -246,197 +342,163 @@ class Trainer:
             paths.append(p)
         return paths[0], paths[1]
 
-    def run(self, stages: Sequence[str], until_step: int | None = None,
-            init: dict[str, Path | None] | None = None) -> list[StageOutcome]:
-        outcomes = []
-        for stage in stages:
-            outcome = self.run_stage(stage, until_step=until_step, init=init or {})
-            outcomes.append(outcome)
-            if outcome.final is None:
-                break
-        return outcomes
-
-    def run_stage(self, stage: str, until_step: int | None = None,
-                  init: dict[str, Path | None] | None = None) -> StageOutcome:
-        from safetensors.torch import load_file
-
-        assert stage in STAGES
-        cfg, acc = self.cfg, self.acc
-        scfg = cfg.stage(stage)
-        stage_dir = self.out / stage
-        final = stage_dir / "final"
-        if (final / "checkpoint.json").is_file():
-            self._say(f"[{stage}] already finished: {final}")
-            return StageOutcome(stage, read_meta(final)["step"], final, None)
-
-        speech, text = stage_examples(self.train_examples, stage, scfg.tasks)
-        if stage == "joint" and not scfg.text_lines:
-            text = []
-        if stage == "projector" and not speech:
-            raise TrainError("projector stage: no speech examples for tasks " + ", ".join(scfg.tasks))
-        if stage == "lora" and not text:
-            raise TrainError("lora stage: no text examples (text-only lines or transcripts) for its tasks")
-        dev_speech, dev_text = stage_examples(self.dev_examples, stage, scfg.tasks)
-        self._fill_cache(speech + dev_speech)
-
-        trains_projector = stage in ("projector", "joint")
-        trains_lora = stage in ("lora", "joint")
-        proj_init, lora_init = self._init_paths(stage, init or {})
-        resume = _step_dirs(stage_dir)[-1] if _step_dirs(stage_dir) else None
-        start = resume or None
-        projector_src = start if start else proj_init
-        lora_src = start if start else lora_init
-        projector_state = (
-            load_file(str(projector_src / "projector.safetensors"))
-            if projector_src and (projector_src / "projector.safetensors").is_file()
-            else None
-        )
-        adapter_dir = lora_src / "adapter" if lora_src and (lora_src / "adapter").is_dir() else None
-        model = assemble_model(cfg, self.base, lora=trains_lora, projector_state=projector_state,
-                               adapter_dir=adapter_dir, trainable=True)
-        model.projector.requires_grad_(trains_projector)
-        model.encoder.requires_grad_(False)
-        model.to(acc.device)
-        model.train()
-        model.encoder.eval()
-        if cfg.train.gradient_checkpointing:
-            model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-        lora_params = [p for n, p in model.llm.named_parameters() if p.requires_grad and "lora_" in n]
-        groups = []
-        if trains_projector:
+    def _param_groups(self, stage: Stage, model: SpeechLLM, trained: list[str]) -> list[dict[str, Any]]:
+        """One optimizer group per trained part, each with its own learning rate."""
+        scfg = self.cfg.stage(stage)
+        groups: list[dict[str, Any]] = []
+        if "projector" in trained:
             groups.append({"params": list(model.projector.parameters()), "lr": scfg.lr, "name": "projector"})
-        if trains_lora:
-            groups.append({"params": lora_params, "lr": scfg.lr_lora or scfg.lr, "name": "lora"})
-        optimizer = torch.optim.AdamW(groups, weight_decay=cfg.train.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(scfg.warmup_steps, scfg.steps))
+        if "lora" in trained:
+            lora = [p for n, p in model.llm.named_parameters() if p.requires_grad and "lora_" in n]
+            groups.append({"params": lora, "lr": scfg.lr_lora or scfg.lr, "name": "lora"})
+        return groups
 
-        step = 0
-        log = stage_dir / "log.jsonl"
-        if resume is not None:
-            state = torch.load(resume / "trainer_state.pt", weights_only=False)
-            if len(state["rng"]) != acc.num_processes:
-                raise TrainError(f"{resume} was written by {len(state['rng'])} processes; resume it with as many "
-                                 f"(this run has {acc.num_processes})")
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            _set_rng_state(state["rng"][acc.process_index], acc.device)
-            step = state["step"]
-            if acc.is_main_process:
-                _truncate_log(log, step)
-            self._say(f"[{stage}] resuming from {resume} (step {step})")
-        else:
-            # Each process draws its own dropout and masking noise.
-            torch.manual_seed(cfg.seed + acc.process_index)
+    def _restore(self, stage: Stage, resume: Path, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler) -> int:
+        """Optimizer, scheduler and RNG states from a step checkpoint; its step."""
+        acc = self.acc
+        state = torch.load(resume / "trainer_state.pt", weights_only=False)
+        if len(state["rng"]) != acc.num_processes:
+            raise TrainError(f"{resume} was written by {len(state['rng'])} processes; resume it with as many "
+                             f"(this run has {acc.num_processes})")
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"][acc.process_index], acc.device)
+        step: int = state["step"]
+        if acc.is_main_process:
+            truncate_log(self.out / stage / "log.jsonl", step)
+        self._say(f"[{stage}] resuming from {resume} (step {step})")
+        return step
 
-        prepared, optimizer = acc.prepare(model, optimizer)
-        unwrapped: SpeechLLM = acc.unwrap_model(prepared)
-        trained = [p for p, on in (("projector", trains_projector), ("lora", trains_lora)) if on]
-        tasks: dict[str, list[str]] = {}
-        for e in [*speech, *text]:
-            tasks.setdefault(e.task, [])
-            if e.tgt_lang not in tasks[e.task]:
-                tasks[e.task].append(e.tgt_lang)
-        tasks = {t: sorted(langs) for t, langs in sorted(tasks.items())}
+    def _fresh_start(self) -> int:
+        # Each process draws its own dropout and masking noise.
+        torch.manual_seed(self.cfg.seed + self.acc.process_index)
+        return 0
 
-        micro_per_step = cfg.train.grad_accum * acc.num_processes
+    def _batches(self, stage: Stage, data: StageData, step: int) -> Iterator[PlannedBatch]:
+        """The stage's batch stream, advanced to `step`."""
+        cfg = self.cfg
         # Paired MT batches train only LoRA: they belong to the joint stage.
-        pair = scfg.pair_text and stage == "joint"
-        stream = batch_stream(speech, text, cfg.train.batch_size, cfg.seed, pair, cfg.train.length_buckets)
-        for _ in range(step * micro_per_step):  # replay the plan up to the resume point
+        pair = cfg.stage(stage).pair_text and stage == "joint"
+        stream = batch_stream(data.speech, data.text, cfg.train.batch_size, cfg.seed, pair, cfg.train.length_buckets)
+        for _ in range(step * self._micro_batches_per_step):  # replay the plan up to the resume point
             next(stream)
+        return stream
 
-        def save(path: Path, with_state: bool) -> None:
-            from accelerate.utils import gather_object
+    @property
+    def _micro_batches_per_step(self) -> int:
+        return self.cfg.train.grad_accum * self.acc.num_processes
 
-            rng = gather_object([_rng_state(acc.device)]) if with_state else None
-            if acc.is_main_process:
-                state = None
-                if with_state:
-                    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                             "rng": rng, "step": step}
-                save_checkpoint(path, unwrapped, stage=stage, step=step, trained=trained,
-                                base_dir=self.base_dir, trainer_state=state, tasks=tasks)
-            acc.wait_for_everyone()
+    # -- fit: the step loop ---------------------------------------------------------------
 
+    def fit(self, run: StageRun, until_step: int | None = None) -> None:
+        """Train up to the stage's last step or `until_step`: log, evaluate, checkpoint on the way."""
         from tqdm import tqdm
 
-        stop_at = scfg.steps if until_step is None else min(scfg.steps, until_step)
-        bar = tqdm(total=scfg.steps, initial=step, desc=stage, unit="step",
-                   disable=not (self.show_progress and acc.is_main_process))
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        last_loss = None
+        steps = self.cfg.stage(run.stage).steps
+        stop_at = steps if until_step is None else min(steps, until_step)
+        bar = tqdm(total=steps, initial=run.step, desc=run.stage, unit="step",
+                   disable=not (self.show_progress and self.acc.is_main_process))
+        run.dir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        while step < stop_at:
+        while run.step < stop_at:
             step_start = time.perf_counter()
-            n_examples = 0
-            loss_sum = 0.0
-            batches = [next(stream) for _ in range(micro_per_step)][acc.process_index :: acc.num_processes]
-            # Mean over the answer tokens of the whole step, all processes (DDP averages gradients).
-            local_tokens = sum(unwrapped.target_tokens(b.examples) for b in batches)
-            step_tokens = float(acc.reduce(torch.tensor(float(local_tokens), device=acc.device), reduction="sum"))
-            scale = acc.num_processes / step_tokens
-            for i, batch in enumerate(batches):
-                examples = list(batch.examples)
-                n_examples += len(examples)
-                hidden = self._hidden(unwrapped, examples) if batch.is_speech else None
-                gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 1009 + i)
-                sync = i == len(batches) - 1
-                ctx = acc.no_sync(prepared) if not sync else nullcontext()
-                with ctx, acc.autocast():
-                    summed = prepared(examples, hidden=hidden, gen=gen)
-                    acc.backward(summed * scale)
-                loss_sum += float(summed.detach())
-            if cfg.train.max_grad_norm > 0:
-                acc.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.train.max_grad_norm)
-            optimizer.step()
-            lrs = {f"lr_{g['name']}": optimizer.param_groups[j]["lr"] for j, g in enumerate(groups)}
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            last_loss = float(acc.reduce(torch.tensor(loss_sum, device=acc.device), reduction="sum")) / step_tokens
-            rate = n_examples * acc.num_processes / (time.perf_counter() - step_start)
+            examples, lrs = self._step(run)
+            assert run.last_loss is not None
+            rate = examples * self.acc.num_processes / (time.perf_counter() - step_start)
             bar.update(1)
-            bar.set_postfix(loss=f"{last_loss:.3f}", ex_s=f"{rate:.1f}")
-            if acc.is_main_process and (step % cfg.train.log_every == 0 or step == stop_at):
-                entry = {"stage": stage, "step": step, "loss": round(last_loss, 6), "examples_per_s": round(rate, 2),
-                         "elapsed_s": round(time.perf_counter() - t0, 2), **lrs}
-                with open(log, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(entry) + "\n")
-            if cfg.train.eval_every and step % cfg.train.eval_every == 0 and (dev_speech or dev_text):
-                self._log_dev(unwrapped, stage, step, dev_speech, dev_text, log)
-            if step % cfg.train.save_every == 0 or step == stop_at:
-                save(stage_dir / f"{STEP_PREFIX}{step:06d}", with_state=True)
-                if acc.is_main_process:
-                    for old in _step_dirs(stage_dir)[: -cfg.train.keep_checkpoints]:
-                        shutil.rmtree(old)
+            bar.set_postfix(loss=f"{run.last_loss:.3f}", ex_s=f"{rate:.1f}")
+            if self.acc.is_main_process and (run.step % self.cfg.train.log_every == 0 or run.step == stop_at):
+                self._log(run, {"loss": round(run.last_loss, 6), "examples_per_s": round(rate, 2),
+                                "elapsed_s": round(time.perf_counter() - t0, 2), **lrs})
+            if self.cfg.train.eval_every and run.step % self.cfg.train.eval_every == 0 and run.data.dev:
+                self._log_dev(run)
+            if run.step % self.cfg.train.save_every == 0 or run.step == stop_at:
+                self._save_step(run)
         bar.close()
-        outcome = self._finish(stage, step, scfg.steps, final, last_loss, unwrapped, save, dev_speech, dev_text, log)
-        if trains_lora:
-            # get_peft_model injected LoRA layers into the shared base LLM: take them out so
-            # the next stage starts from the clean base.
-            self.base.llm = unwrapped.llm.unload()
-        return outcome
 
-    def _finish(self, stage: str, step: int, steps: int, final: Path, last_loss: float | None,
-                model: SpeechLLM, save: Callable[[Path, bool], None], dev_speech: Sequence[Example],
-                dev_text: Sequence[Example], log: Path) -> StageOutcome:
-        if step < steps:
-            self._say(f"[{stage}] stopped at step {step} of {steps}; run again to resume")
-            return StageOutcome(stage, step, None, last_loss)
-        if dev_speech or dev_text:
-            self._log_dev(model, stage, step, dev_speech, dev_text, log)
-        save(final, False)
-        self._say(f"[{stage}] finished at step {step}: {final}")
-        return StageOutcome(stage, step, final, last_loss)
+    def _step(self, run: StageRun) -> tuple[int, dict[str, float]]:
+        """One optimizer step over this process's micro-batches: (examples seen, learning rates used)."""
+        acc = self.acc
+        batches = [next(run.stream) for _ in range(self._micro_batches_per_step)]
+        mine = batches[acc.process_index :: acc.num_processes]
+        # Mean over the answer tokens of the whole step, all processes (DDP averages gradients).
+        step_tokens = self._all_sum(sum(run.model.target_tokens(b.examples) for b in mine))
+        loss_sum = self._accumulate(run, mine, acc.num_processes / step_tokens)
+        if self.cfg.train.max_grad_norm > 0:
+            acc.clip_grad_norm_([p for g in run.groups for p in g["params"]], self.cfg.train.max_grad_norm)
+        run.optimizer.step()
+        lrs = {f"lr_{g['name']}": run.optimizer.param_groups[j]["lr"] for j, g in enumerate(run.groups)}
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        run.step += 1
+        run.last_loss = self._all_sum(loss_sum) / step_tokens
+        return sum(len(b.examples) for b in mine), lrs
+
+    def _accumulate(self, run: StageRun, batches: Sequence[PlannedBatch], scale: float) -> float:
+        """Forward and backward over the micro-batches, gradients synchronised on the last; summed loss."""
+        acc = self.acc
+        loss_sum = 0.0
+        for i, batch in enumerate(batches):
+            examples = list(batch.examples)
+            hidden = self._hidden(run.model, examples) if batch.is_speech else None
+            gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + run.step * 1009 + i)
+            sync = i == len(batches) - 1
+            ctx = acc.no_sync(run.prepared) if not sync else nullcontext()
+            with ctx, acc.autocast():
+                summed = run.prepared(examples, hidden=hidden, gen=gen)
+                acc.backward(summed * scale)
+            loss_sum += float(summed.detach())
+        return loss_sum
+
+    def _all_sum(self, value: float) -> float:
+        """`value` summed over all processes."""
+        return float(self.acc.reduce(torch.tensor(float(value), device=self.acc.device), reduction="sum"))
+
+    def _log(self, run: StageRun, entry: dict[str, Any]) -> None:
+        with open(run.log, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"stage": run.stage, "step": run.step, **entry}) + "\n")
 
     @torch.no_grad()
-    def _log_dev(self, model: SpeechLLM, stage: str, step: int, speech: Sequence[Example],
-                 text: Sequence[Example], log: Path) -> None:
-        loss = self.evaluate_loss(model, list(speech) + list(text))
+    def _log_dev(self, run: StageRun) -> None:
+        loss = self.evaluate_loss(run.model, run.data.dev)
         if self.acc.is_main_process:
-            with open(log, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"stage": stage, "step": step, "dev_loss": round(loss, 6)}) + "\n")
+            self._log(run, {"dev_loss": round(loss, 6)})
+
+    def _save_step(self, run: StageRun) -> None:
+        """A resumable checkpoint at this step; only the newest `keep_checkpoints` are kept."""
+        self._save(run, run.dir / f"{STEP_PREFIX}{run.step:06d}", with_state=True)
+        if self.acc.is_main_process:
+            for old in step_dirs(run.dir)[: -self.cfg.train.keep_checkpoints]:
+                shutil.rmtree(old)
+
+    def _save(self, run: StageRun, path: Path, with_state: bool) -> None:
+        from accelerate.utils import gather_object
+
+        acc = self.acc
+        rng = gather_object([rng_state(acc.device)]) if with_state else None
+        if acc.is_main_process:
+            state = None
+            if with_state:
+                state = {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+                         "rng": rng, "step": run.step}
+            save_checkpoint(path, run.model, stage=run.stage, step=run.step, trained=run.trained,
+                            base_dir=self.base_dir, trainer_state=state, tasks=run.tasks)
+        acc.wait_for_everyone()
+
+    # -- finish: the final checkpoint ----------------------------------------------------
+
+    def finish(self, run: StageRun) -> StageOutcome:
+        """The final checkpoint (after a last dev loss) when the stage has run all its steps."""
+        steps = self.cfg.stage(run.stage).steps
+        if run.step < steps:
+            self._say(f"[{run.stage}] stopped at step {run.step} of {steps}; run again to resume")
+            return StageOutcome(run.stage, run.step, None, run.last_loss)
+        if run.data.dev:
+            self._log_dev(run)
+        self._save(run, run.final, with_state=False)
+        self._say(f"[{run.stage}] finished at step {run.step}: {run.final}")
+        return StageOutcome(run.stage, run.step, run.final, run.last_loss)
 
     @torch.no_grad()
     def evaluate_loss(self, model: SpeechLLM, examples: Sequence[Example]) -> float:

@@ -27,10 +27,11 @@ from tympan import __version__
 from tympan.atomic import atomic_directory
 from tympan.config import ConfigError, dump_toml, to_dict
 from tympan.errors import TympanError
+from tympan.tasks import INSTRUCTIONS
 from tympan.training.model.encoder import SpeechEncoder, build_encoder
 from tympan.training.model.llm import load_pretrained, lora_config, random_llm, train_tokenizer
 from tympan.training.model.projector import Projector
-from tympan.training.model.prompt import INSTRUCTIONS
+from tympan.training.model.prompt import CLOSE, OPEN
 from tympan.training.model.speech_llm import SpeechLLM
 from tympan.training.recipe import Recipe, config_from_dict
 
@@ -60,7 +61,7 @@ def llm_dtype(cfg: Recipe) -> torch.dtype:
 def tokenizer_corpus(cfg: Recipe, texts: Iterable[str]) -> list[str]:
     corpus = [t for langs in INSTRUCTIONS.values() for t in langs.values()]
     corpus += [t for langs in cfg.prompt.instructions.values() for t in langs.values()]
-    corpus += ["<speech>", "</speech>", "user", "assistant", "system"]
+    corpus += [OPEN, CLOSE, "user", "assistant", "system"]
     return corpus + list(texts)
 
 

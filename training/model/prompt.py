@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tympan.tasks import INSTRUCTIONS, PromptError, format_instruction, merged_templates
+from tympan.tasks import PromptError, format_instruction, merged_templates
 from tympan.training.recipe import PromptConfig
 
-__all__ = ["CLOSE", "INSTRUCTIONS", "OPEN", "SLOT", "PromptBuilder", "PromptError", "PromptIds"]
+__all__ = ["CLOSE", "OPEN", "SLOT", "PromptBuilder", "PromptError", "PromptIds"]
 
 SLOT = "\u0000SLOT\u0000"
 OPEN, CLOSE = "<speech>", "</speech>"
