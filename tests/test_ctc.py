@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -221,3 +223,41 @@ def test_simulated_error_rates_are_the_profile_s() -> None:
     assert abs(got.peak_mean - 0.8) < 0.02
     ids, _ = simulate([5] * 2000, ErrorProfile(substitution=1.0, confusions=profile.confusions), 200, 4, rng)
     assert set(ids[:, 0].tolist()) == {6, 7} and (ids[:, 0] == 6).mean() > 0.65
+
+
+def ctc_recipe(tiny_cfg, steps: int):
+    from tympan.training.recipe import StageConfig, replace
+
+    projector = replace(tiny_cfg.projector, kind="ctc", frame_average=2, top_k=4)
+    train = replace(tiny_cfg.train, ctc=StageConfig(steps=steps, lr=1e-2, warmup_steps=5, tasks=["asr"]),
+                    save_every=20, log_every=5, eval_every=0)
+    return replace(tiny_cfg, projector=projector, train=train)
+
+
+def test_ctc_stage_learns_and_resumes_exactly(tiny_cfg, tmp_path) -> None:
+    """The stage through the trainer: the loss falls to a third, and a run stopped at step 20
+    and resumed ends with the weights of an uninterrupted run."""
+    from safetensors.torch import load_file
+
+    from tympan.training.trainer import train
+
+    cfg = ctc_recipe(tiny_cfg, 60)
+    (outcome,) = train(cfg, "ctc", tmp_path / "a", show_progress=False)
+    assert outcome.final is not None and outcome.step == 60
+    log = [json.loads(line) for line in (tmp_path / "a" / "ctc" / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in log if "loss" in r]
+    assert losses[-1] < 0.33 * losses[0]
+    (stopped,) = train(cfg, "ctc", tmp_path / "b", until_step=20, show_progress=False)
+    assert stopped.final is None and stopped.step == 20
+    (resumed,) = train(cfg, "ctc", tmp_path / "b", show_progress=False)
+    assert resumed.step == 60
+    a = load_file(str(tmp_path / "a" / "ctc" / "final" / "projector.safetensors"))
+    b = load_file(str(tmp_path / "b" / "ctc" / "final" / "projector.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_other_stages_over_the_bridge_are_refused_with_a_reason(tiny_cfg, tmp_path) -> None:
+    from tympan.training.trainer import TrainError, train
+
+    with pytest.raises(TrainError, match="only the ctc stage"):
+        train(ctc_recipe(tiny_cfg, 5), "lora", tmp_path, show_progress=False)

@@ -10,7 +10,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train the projector, the LoRA adapter, or both jointly",
                        description="Train one stage or all three stages; resumes from OUT if interrupted.")
     p.add_argument("--config", required=True, type=Path, help="TOML config (see configs/)")
-    p.add_argument("--stage", default="all", choices=["projector", "lora", "joint", "all"])
+    p.add_argument("--stage", default="all", choices=["ctc", "projector", "lora", "joint", "all"])
     p.add_argument("--out", required=True, type=Path, help="output directory (checkpoints, logs)")
     p.add_argument("--train", action="append", metavar="MANIFEST", help="training manifest (replaces data.train)")
     p.add_argument("--dev", action="append", metavar="MANIFEST", help="dev manifest (replaces data.dev)")

@@ -29,11 +29,11 @@ from safetensors.torch import load_file, save_file
 from tympan import scoring
 from tympan.atomic import atomic_directory
 from tympan.errors import TympanError
-from tympan.manifest import Example, load_manifests
+from tympan.manifest import Example
 from tympan.training.cache import EncoderCache
 from tympan.training.ctc_targets import CtcVocab, build_vocab, targets, text_of
 from tympan.training.model.ctc import CtcBridge, ctc_loss_sum, greedy_ids
-from tympan.training.model.encoder import SpeechEncoder, build_encoder
+from tympan.training.model.encoder import SpeechEncoder
 from tympan.training.model.speech_llm import mask_frames, pad_sequences
 from tympan.training.recipe import Recipe
 
@@ -57,7 +57,6 @@ class CtcStage:
     dev: list[Example]
     targets: dict[str, list[int]]
     step: int = 0
-    rng: random.Random | None = None
     generator: torch.Generator | None = None
 
 
@@ -74,28 +73,6 @@ def step_dirs(stage_dir: Path) -> list[Path]:
     return sorted(p for p in stage_dir.glob("step-*") if (p / "state.pt").is_file())
 
 
-def load_tokenizer(cfg: Recipe) -> Any:
-    from transformers import AutoTokenizer
-
-    from tympan.training.model.base_models import PREFIX, resolve
-
-    checkpoint = resolve(cfg.llm.checkpoint) if cfg.llm.checkpoint.startswith(PREFIX) else cfg.llm.checkpoint
-    return AutoTokenizer.from_pretrained(checkpoint)
-
-
-def llm_embeddings(cfg: Recipe) -> torch.Tensor:
-    """The LLM's input-embedding matrix (frozen), read from its safetensors without building the model."""
-    from tympan.training.model.base_models import PREFIX, resolve
-
-    checkpoint = Path(resolve(cfg.llm.checkpoint) if cfg.llm.checkpoint.startswith(PREFIX) else cfg.llm.checkpoint)
-    for file in sorted(checkpoint.glob("*.safetensors")):
-        weights = load_file(str(file))
-        for name in ("model.embed_tokens.weight", "embed_tokens.weight"):
-            if name in weights:
-                return weights[name].float()
-    raise CtcStageError(f"{checkpoint}: no embed_tokens weight in its safetensors files")
-
-
 def new_bridge(cfg: Recipe, encoder: SpeechEncoder, vocab: CtcVocab, embeddings: torch.Tensor) -> CtcBridge:
     if cfg.projector.kind != "ctc":
         raise CtcStageError(f"the CTC stage needs projector.kind = \"ctc\", the config has {cfg.projector.kind!r}")
@@ -106,14 +83,17 @@ def new_bridge(cfg: Recipe, encoder: SpeechEncoder, vocab: CtcVocab, embeddings:
     return model
 
 
-def setup(cfg: Recipe, out: Path, train: Sequence[Path], dev: Sequence[Path], cache_root: Path) -> CtcStage:
-    """Data, vocabulary, targets, the model and its optimizer; resumed from the last step checkpoint."""
+def setup(cfg: Recipe, out: Path, examples: Sequence[Example], dev: Sequence[Example], encoder: SpeechEncoder,
+          tokenizer: Any, embeddings: torch.Tensor, cache: EncoderCache) -> CtcStage:
+    """Data, vocabulary, targets, the model and its optimizer; resumed from the last step checkpoint.
+
+    `examples`: the training manifests' lines (speech lines with a transcript are trained on; the
+    text of every line makes the vocabulary); `embeddings`: the LLM's input-embedding matrix."""
     stage_cfg = cfg.train.ctc
-    examples = load_manifests(train)
     speech = [e for e in examples if e.is_speech and e.task in stage_cfg.tasks and e.text]
     if not speech:
-        raise CtcStageError("no speech examples with a transcript ('text') in the training manifests")
-    tokenizer = load_tokenizer(cfg)
+        raise CtcStageError("ctc stage: no speech examples with a transcript ('text') for tasks "
+                            + ", ".join(stage_cfg.tasks))
     stage_dir = out / "ctc"
     stage_dir.mkdir(parents=True, exist_ok=True)
     vocab_file = stage_dir / "vocab.json"
@@ -122,19 +102,16 @@ def setup(cfg: Recipe, out: Path, train: Sequence[Path], dev: Sequence[Path], ca
     else:
         vocab = build_vocab(tokenizer, sorted({e.text for e in examples if e.text}))
         vocab.save(vocab_file)
-    encoder = build_encoder(cfg.encoder, seed=cfg.seed)
-    cache = EncoderCache(cache_root, encoder, cfg.train.cache_dtype)
-    dev_examples = [e for e in load_manifests(dev) if e.is_speech and e.task == "asr" and e.text] if dev else []
+    dev_examples = [e for e in dev if e.is_speech and e.task == "asr" and e.text]
     wanted = {e.id: e for e in [*speech, *dev_examples]}
     target_of = {i: targets(tokenizer, vocab, e.text or "") for i, e in wanted.items()}
     speech = [e for e in speech if target_of[e.id]]
-    model = new_bridge(cfg, encoder, vocab, llm_embeddings(cfg))
+    model = new_bridge(cfg, encoder, vocab, embeddings)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=stage_cfg.lr,
                                   weight_decay=cfg.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(stage_cfg.warmup_steps, stage_cfg.steps))
     stage = CtcStage(cfg, stage_dir, encoder, cache, tokenizer, vocab, model, optimizer, scheduler, speech,
-                     dev_examples, target_of, rng=random.Random(cfg.seed),
-                     generator=torch.Generator().manual_seed(cfg.seed))
+                     dev_examples, target_of, generator=torch.Generator().manual_seed(cfg.seed))
     resume(stage)
     return stage
 
@@ -144,13 +121,12 @@ def resume(stage: CtcStage) -> None:
     if not checkpoints:
         return
     last = checkpoints[-1]
-    stage.model.load_state_dict(load_file(str(last / "projector.safetensors")), strict=False)
+    stage.model.load_state_dict(load_file(str(last / "projector.safetensors")), strict=True)
     state = torch.load(last / "state.pt", weights_only=False)
     stage.optimizer.load_state_dict(state["optimizer"])
     stage.scheduler.load_state_dict(state["scheduler"])
     stage.step = int(state["step"])
-    assert stage.rng is not None and stage.generator is not None
-    stage.rng.setstate(state["rng"])
+    assert stage.generator is not None
     stage.generator.set_state(state["generator"])
     torch.set_rng_state(state["torch"])
 
@@ -162,18 +138,19 @@ def fill_cache(stage: CtcStage, examples: Sequence[Example], progress: Callable[
         stage.cache.fill(todo, torch.device("cpu"), stage.cfg.train.encode_batch_size)
 
 
-def batches(stage: CtcStage) -> list[list[Example]]:
-    """One epoch: examples shuffled, then cut into batches of similar length (less padding)."""
-    assert stage.rng is not None
+def epoch_batches(stage: CtcStage, epoch: int) -> list[list[Example]]:
+    """Epoch `epoch`'s batches: examples shuffled (seeded by the epoch, so a resumed run replays the
+    same plan), then cut into batches of similar target length (less padding)."""
+    rng = random.Random(f"{stage.cfg.seed}:ctc:{epoch}")
     size = stage.cfg.train.batch_size
     items = list(stage.train)
-    stage.rng.shuffle(items)
+    rng.shuffle(items)
     window = size * 32
     out: list[list[Example]] = []
     for i in range(0, len(items), window):
         chunk = sorted(items[i : i + window], key=lambda e: len(stage.targets[e.id]))
         out += [chunk[j : j + size] for j in range(0, len(chunk), size)]
-    stage.rng.shuffle(out)
+    rng.shuffle(out)
     return out
 
 
@@ -217,25 +194,29 @@ def save(stage: CtcStage, path: Path, with_state: bool) -> None:
         save_file(state, str(tmp / "projector.safetensors"))
         stage.vocab.save(tmp / "vocab.json")
         if with_state:
-            assert stage.rng is not None and stage.generator is not None
+            assert stage.generator is not None
             torch.save({"optimizer": stage.optimizer.state_dict(), "scheduler": stage.scheduler.state_dict(),
-                        "step": stage.step, "rng": stage.rng.getstate(), "generator": stage.generator.get_state(),
+                        "step": stage.step, "generator": stage.generator.get_state(),
                         "torch": torch.get_rng_state()}, tmp / "state.pt")
 
 
-def fit(stage: CtcStage, until_step: int | None = None, say: Callable[[str], None] = print) -> None:
-    """Steps until `train.ctc.steps` (or `until_step`), checkpointing every `train.save_every`."""
+def fit(stage: CtcStage, until_step: int | None = None, say: Callable[[str], None] = print) -> float | None:
+    """Steps until `train.ctc.steps` (or `until_step`), checkpointing every `train.save_every`;
+    returns the mean loss of the last logged steps."""
     cfg = stage.cfg
     last = min(cfg.train.ctc.steps, until_step or cfg.train.ctc.steps)
     fill_cache(stage, [*stage.train, *stage.dev], say)
     log = stage.dir / "log.jsonl"
-    started, losses = time.monotonic(), []
+    started, losses, last_loss = time.monotonic(), [], None
+    per_epoch = len(epoch_batches(stage, 0))
     while stage.step < last:
-        for batch in batches(stage):
+        epoch, offset = divmod(stage.step, per_epoch)
+        for batch in epoch_batches(stage, epoch)[offset:]:
             losses.append(train_step(stage, batch))
             record: dict[str, Any] = {"step": stage.step}
             if stage.step % cfg.train.log_every == 0:
-                record.update(loss=round(sum(losses) / len(losses), 4), lr=stage.scheduler.get_last_lr()[0],
+                last_loss = sum(losses) / len(losses)
+                record.update(loss=round(last_loss, 4), lr=stage.scheduler.get_last_lr()[0],
                               elapsed_s=round(time.monotonic() - started, 1))
                 losses = []
             if cfg.train.eval_every and stage.step % cfg.train.eval_every == 0 and stage.dev:
@@ -252,3 +233,4 @@ def fit(stage: CtcStage, until_step: int | None = None, say: Callable[[str], Non
                 break
     if stage.step >= cfg.train.ctc.steps:
         save(stage, stage.dir / "final", with_state=False)
+    return last_loss

@@ -24,8 +24,9 @@ from tympan.tasks import TASKS
 EncoderKind = Literal["seamless_m4t_v2", "whisper"]
 # tympan.tasks.TASKS as a type: a config naming another task fails to load (a test keeps them equal).
 Task = Literal["asr", "st", "sqa"]
-Stage = Literal["projector", "lora", "joint"]
-STAGES: tuple[Stage, ...] = ("projector", "lora", "joint")
+Stage = Literal["ctc", "projector", "lora", "joint"]
+STAGES: tuple[Stage, ...] = ("projector", "lora", "joint")  # a dense projector's stages, in order
+CTC_STAGES: tuple[Stage, ...] = ("ctc", "lora", "joint")  # the CTC bridge's (projector.kind = "ctc")
 
 LORA_TARGETS_LLAMA = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -192,6 +193,11 @@ class Recipe:
     def stage(self, name: Stage) -> StageConfig:
         return getattr(self.train, name)
 
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        """The stages `--stage all` runs, in order."""
+        return CTC_STAGES if self.projector.kind == "ctc" else STAGES
+
     def resolve(self, path: str) -> Path:
         """A data path from the config: `$VARS` expanded (`$TYMPAN_HOME` defaults), relative to the file."""
         env = dict(os.environ)
@@ -251,7 +257,7 @@ def validate(cfg: Recipe, source: str) -> Recipe:
             for lang, text in langs.items():
                 if "{question}" not in text:
                     raise ConfigError(f"{source}: prompt.instructions.sqa.{lang}: must contain {{question}}")
-    for name in STAGES:
+    for name in (*STAGES, "ctc"):
         stage = cfg.stage(name)
         if not stage.tasks:
             raise ConfigError(f"{source}: train.{name}.tasks must name at least one task")
