@@ -47,6 +47,7 @@ def main() -> int:
     from tympan.export.bundle import export_bundle
     from tympan.export.encoder_graph import torch_embeddings
     from tympan.runtime.bundle import load_bundle
+    from tympan.runtime.decode import DecodeSettings, greedy_decode
     from tympan.runtime.llm import load_llm
     from tympan.runtime.onnx_encoder import OnnxEncoder
     from tympan.training.model.checkpoint import assemble_model, build_base, save_base, save_checkpoint
@@ -94,11 +95,11 @@ def main() -> int:
     for name in ("bundle-torch", "bundle-onnx"):
         llm = load_llm(load_bundle(work / name), threads=args.threads)
         def run(llm=llm) -> int:
-            # No stop ids: time exactly new_tokens steps.
-            return sum(1 for _ in llm.generate(prompt, args.new_tokens, []))
+            # No stop ids and no loop guard: time exactly new_tokens steps.
+            return len(greedy_decode(llm, prompt, [], DecodeSettings.unguarded(args.new_tokens)).tokens)
 
         ms = median_ms(run, max(2, args.repeats // 2))
-        print(f"| {load_bundle(work / name).manifest['llm']['runtime']} | {args.new_tokens / ms * 1000:.1f} |")
+        print(f"| {load_bundle(work / name).manifest.llm.runtime} | {args.new_tokens / ms * 1000:.1f} |")
     return 0
 
 

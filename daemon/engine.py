@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +22,7 @@ import numpy as np
 
 from tympan.daemon.protocol import Request
 from tympan.daemon.settings import DecodeConfig
-from tympan.daemon.text import repeating_tail
+from tympan.runtime.decode import Stop
 from tympan.runtime.speech_model import SpeechModel
 
 log = logging.getLogger("tympan.engine")
@@ -45,9 +45,8 @@ class Job:
 class Engine:
     def __init__(self, model: SpeechModel, cfg: DecodeConfig, loop: asyncio.AbstractEventLoop) -> None:
         self.model = model
-        self.cfg = cfg
+        self.cfg = cfg  # its limits and loop guard go to the model's decode loop as they are
         self.loop = loop
-        self.max_new_tokens = min(cfg.max_new_tokens, model.prompts.max_new_tokens)
         self._cv = threading.Condition()
         self._finals: OrderedDict[str, list[Job]] = OrderedDict()  # session -> finals, oldest first
         self._partials: OrderedDict[str, Job] = OrderedDict()  # session -> its latest partial
@@ -180,23 +179,20 @@ class Engine:
         prompts = self.model.prompts
         r = job.request
         instruction = r.instruction or prompts.instruction(r.task, r.target_lang, r.question)
-        tokens: list[int] = []
         shown = ""
-        for token in self.model.generate(speech, instruction, self.max_new_tokens):
-            if job.cancelled:
-                break
-            tokens.append(token)
-            loop_len = repeating_tail(tokens, self.cfg.repeat_ngram_max, self.cfg.repeat_times)
-            if loop_len:
-                del tokens[-loop_len:]
-                log.info("session %s segment %d: output looped; cut", job.session_id, job.segment_id)
-                break
-            if job.on_text is not None:
-                text = prompts.decode(tokens)  # an unfinished UTF-8 character waits for its bytes
-                if text != shown:
-                    shown = text
-                    self._deliver(job.on_text, text)
-        return prompts.decode(tokens)
+
+        def show(tokens: Sequence[int]) -> None:
+            nonlocal shown
+            text = prompts.decode(list(tokens))  # an unfinished UTF-8 character waits for its bytes
+            if text != shown and job.on_text is not None:
+                shown = text
+                self._deliver(job.on_text, text)
+
+        decoded = self.model.decode(speech, instruction, self.cfg, cancelled=lambda: job.cancelled,
+                                    on_token=show if job.on_text is not None else None)
+        if decoded.stop is Stop.LOOP:
+            log.info("session %s segment %d: output looped; cut", job.session_id, job.segment_id)
+        return prompts.decode(decoded.tokens)
 
     def _deliver(self, fn: Callable[..., None], *args: Any) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is closed: shutting down

@@ -69,9 +69,9 @@ class Daemon:
             raise ConfigError(f"vad.max_utterance_s = {self.cfg.vad.max_utterance_s:g} (+ pre-roll) exceeds the "
                               f"bundle's encoder limit of {encoder_max:g} s")
         m = bundle.manifest
-        self.model_info = {"bundle": str(self.bundle_path), "tympan_version": m["tympan_version"],
-                           "encoder": m["encoder"]["kind"], "llm_runtime": m["llm"]["runtime"],
-                           "tasks": m["tasks"], "sample_rate": self.model.sample_rate}
+        self.model_info = {"bundle": str(self.bundle_path), "tympan_version": m.tympan_version,
+                           "encoder": m.encoder.kind, "llm_runtime": m.llm.runtime,
+                           "tasks": m.tasks, "sample_rate": self.model.sample_rate}
         limits = self.cfg.limits
         self.limits_info = {"max_frame_bytes": limits.max_frame_bytes, "max_session_s": limits.max_session_s,
                             "idle_timeout_s": limits.idle_timeout_s, "max_utterance_s": self.cfg.vad.max_utterance_s}

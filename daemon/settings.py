@@ -13,6 +13,7 @@ from typing import Any
 from tympan.config import ConfigError, check, from_dict, non_negative, positive, read_toml
 from tympan.daemon.mqtt import MqttConfig
 from tympan.daemon.vad import VadConfig
+from tympan.runtime.decode import DecodeSettings
 
 
 def _port(value: int) -> str | None:
@@ -32,15 +33,13 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
-class DecodeConfig:
+class DecodeConfig(DecodeSettings):
+    """The decode limits and loop guard (`DecodeSettings`, shared with `tympan eval` and `tympan infer`), plus
+    how the daemon schedules decoding."""
+
     # Re-decode a growing utterance this often (ms of new audio) and send partials.
     partial_interval_ms: int = field(default=600, metadata=check(positive))
     partials: bool = True
-    # Hard cap on generated tokens per utterance (the bundle's own limit applies too).
-    max_new_tokens: int = field(default=128, metadata=check(positive))
-    # Stop when the last tokens repeat an n-gram (n <= ngram_max) this many times in a row.
-    repeat_ngram_max: int = field(default=8, metadata=check(positive))
-    repeat_times: int = field(default=3, metadata=check(positive))
     # Utterances encoded together in one encoder call, across sessions.
     max_batch: int = field(default=4, metadata=check(positive))
 

@@ -1,5 +1,6 @@
-"""Text-side guards of streaming decoding: the local-agreement rule for partials and the
-repetition guard that stops an LLM decoder looping."""
+"""The local-agreement rule for partials: what of a growing utterance's text is shown as stable.
+
+(The loop guard is part of decoding: `tympan.runtime.decode.repeating_tail`.)"""
 
 from __future__ import annotations
 
@@ -45,21 +46,3 @@ class LocalAgreement:
         text = _join(self.stable + tail, self.lang)
         return text, len(stable_text)
 
-
-def repeating_tail(tokens: Sequence[int], ngram_max: int, times: int) -> int:
-    """How many trailing tokens are a loop (an n-gram repeated `times` times in a row), else 0.
-
-    Returns the length of the repeats beyond the first occurrence, to cut them off. Short
-    n-grams must repeat more often (a loop spans at least 8 tokens), so that digit groups
-    ("1,000,000") or a doubled word are not taken for a loop.
-    """
-    for n in range(1, ngram_max + 1):
-        repeats = max(times, -(-8 // n))
-        span = n * repeats
-        if len(tokens) < span:
-            continue
-        tail = tokens[-span:]
-        gram = tail[-n:]
-        if all(tail[i * n : (i + 1) * n] == gram for i in range(repeats)):
-            return n * (repeats - 1)
-    return 0

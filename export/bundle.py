@@ -1,9 +1,9 @@
 """`tympan export`: a training checkpoint -> a verified serving bundle.
 
 BUNDLE/
-  manifest.json     format, versions, source, files (sha256, size), audio and feature
-                    parameters, encoder, LLM runtime, prompt frame and instructions, tasks,
-                    the checks run at export
+  manifest.json     `tympan.runtime.bundle_manifest.BundleManifest`: format, versions, source, files
+                    (sha256, size), audio and feature parameters, encoder, LLM runtime, prompt frame and
+                    instructions, tasks, the checks run at export
   encoder.onnx      features -> LLM input embeddings (encoder + projector), fp32
   encoder.int8.onnx with --quantize int8 (then the one the bundle serves)
   llm_onnx/         the merged LLM (LoRA folded in) as one ONNX graph for prefill and decode
@@ -11,38 +11,133 @@ BUNDLE/
   llm/              the merged LLM in safetensors, for PyTorch       [--llm torch]
   tokenizer/        tokenizer.json and friends
 
-The bundle is built in a temporary directory beside OUT and renamed at the end, so an
-interrupted export never leaves a directory that looks complete. Verification runs on the
-finished files: the ONNX encoder against PyTorch (max abs diff <= 1e-4 in fp32), and the
-bundle's greedy output against the unmerged checkpoint's, token for token.
+The phases: check the request, prepare (load the checkpoint, pick the verification inputs, compute the
+checkpoint's reference outputs), write the encoder, the LLM and the tokenizer, write the manifest, verify the
+finished files, publish. The bundle is built in a temporary directory beside OUT and renamed at the end, so an
+interrupted export never leaves a directory that looks complete. Verification runs on the finished files: the
+ONNX encoder against PyTorch (max abs diff <= 1e-4 in fp32), and the bundle's greedy tokens against the
+unmerged checkpoint's, token for token, both through the runtime's decode loop without its loop guard.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tympan import __version__
-from tympan.atomic import atomic_directory
+from tympan.atomic import atomic_directory, write_json
 from tympan.audio import load_audio
+from tympan.checksum import sha256_file
 from tympan.errors import TympanError
 from tympan.export.encoder_graph import INPUTS, OPSET, OUTPUTS, export_encoder, torch_embeddings
 from tympan.manifest import Example, load_manifests
-from tympan.runtime.bundle import FORMAT, MANIFEST, load_bundle, sha256_file
+from tympan.runtime.bundle import Bundle, load_bundle
+from tympan.runtime.bundle_manifest import (
+    MANIFEST,
+    Audio,
+    BundleManifest,
+    Encoder,
+    FileEntry,
+    Llm,
+    OnnxChecks,
+    Prompt,
+    PromptFrame,
+    Source,
+    Verification,
+)
+from tympan.runtime.decode import DecodeSettings
+from tympan.runtime.speech_model import SpeechModel
 from tympan.training.model.checkpoint import load_checkpoint, read_meta
 from tympan.training.model.speech_llm import SpeechLLM
 
 ENCODER_TOLERANCE = 1e-4
+FP32_ENCODER = "encoder.onnx"
+INT8_ENCODER = "encoder.int8.onnx"
 
 
 class ExportError(TympanError, RuntimeError):
     """The export could not be made or did not pass its checks."""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The checkpoint, the inputs the export is verified on, and the checkpoint's outputs for them."""
+
+    checkpoint: Path
+    meta: dict[str, Any]
+    model: SpeechLLM
+    examples: list[Example]
+    audios: list[np.ndarray]
+    features: list[np.ndarray]
+    instructions: list[str]
+    embeddings: list[np.ndarray]  # PyTorch encoder + projector
+    settings: DecodeSettings  # every token up to the model's limit, loops and all: the strictest comparison
+    tokens: list[list[int]]  # greedy, unmerged LoRA, under `settings`
+
+
+def export_bundle(
+    checkpoint: Path,
+    out: Path,
+    *,
+    quantize: str | None = None,
+    llm_runtime: str = "onnx",
+    verify_manifests: Sequence[Path] = (),
+    eval_manifests: Sequence[Path] = (),
+    verify_count: int = 4,
+    force: bool = False,
+) -> BundleManifest:
+    checkpoint, out = Path(checkpoint), Path(out)
+    meta = check_request(checkpoint, out, quantize, llm_runtime, force)
+    prep = prepare(checkpoint, meta, verify_manifests, verify_count)
+    with atomic_directory(out) as tmp:  # published (renamed to `out`) when the block ends without error
+        encoder_diff = write_encoder(prep, tmp)
+        write_tokenizer(prep.model, tmp)
+        llm = write_llm(prep, tmp, llm_runtime)
+        encoder_file = write_int8_encoder(tmp) if quantize == "int8" else FP32_ENCODER
+        manifest = write_manifest(tmp, describe(prep, encoder_file, quantize, llm))
+        served = verify(tmp, prep)
+        manifest = replace(manifest, verification=Verification(
+            inputs=[e.id for e in prep.examples], encoder_max_abs_diff=encoder_diff, greedy_tokens_identical=True))
+        if quantize == "int8":
+            manifest = replace(manifest, quantization_report=int8_report(served, prep, eval_manifests))
+        write_json(tmp / MANIFEST, manifest.to_json())
+    return manifest
+
+
+def check_request(checkpoint: Path, out: Path, quantize: str | None, llm_runtime: str, force: bool) -> dict[str, Any]:
+    """Refuse what cannot be exported before any work; returns the checkpoint's metadata."""
+    if out.exists() and not force:
+        raise ExportError(f"{out} exists; choose another --out or pass --force to replace it")
+    meta = read_meta(checkpoint)
+    if "projector" not in meta["trained"]:
+        raise ExportError(f"{checkpoint}: this {meta['stage']} checkpoint has no trained projector: it cannot "
+                          "take speech. Export a projector or joint checkpoint.")
+    if llm_runtime not in ("torch", "onnx"):
+        raise ExportError(f"--llm must be torch or onnx, got {llm_runtime!r}")
+    if quantize not in (None, "int8"):
+        raise ExportError(f"--quantize must be int8, got {quantize!r}")
+    return meta
+
+
+def prepare(checkpoint: Path, meta: dict[str, Any], manifests: Sequence[Path], n: int) -> Prepared:
+    """Load the checkpoint, pick `n` verification inputs, and compute its reference embeddings and tokens."""
+    import torch
+
+    model = load_checkpoint(checkpoint)
+    examples = _verification_examples(model, manifests, n)
+    audios = [load_audio(e.audio, model.encoder.sample_rate) for e in examples]  # type: ignore[arg-type]
+    features = [model.encoder.extract_features(a) for a in audios]
+    instructions = [model.instruction(e) for e in examples]
+    embeddings = torch_embeddings(model, features)
+    settings = DecodeSettings.unguarded(model.cfg.prompt.max_new_tokens)
+    tokens = [model.greedy(torch.from_numpy(e), i, settings).tokens
+              for e, i in zip(embeddings, instructions, strict=True)]
+    return Prepared(checkpoint, meta, model, examples, audios, features, instructions, embeddings, settings, tokens)
 
 
 def _verification_examples(model: SpeechLLM, manifests: Sequence[Path], n: int) -> list[Example]:
@@ -65,165 +160,121 @@ def _verification_examples(model: SpeechLLM, manifests: Sequence[Path], n: int) 
     return chosen
 
 
-def _merged_llm(model: SpeechLLM):
-    """The LLM with LoRA folded into its weights (a copy: the checkpoint model stays unmerged)."""
-    import copy
-
-    llm = copy.deepcopy(model.llm)
-    if hasattr(llm, "merge_and_unload"):
-        llm = llm.merge_and_unload()
-    return llm.eval()
-
-
-def _files(root: Path) -> dict[str, dict[str, Any]]:
-    out = {}
-    for p in sorted(root.rglob("*")):
-        if p.is_file() and p.name != MANIFEST:
-            out[p.relative_to(root).as_posix()] = {"sha256": sha256_file(p), "size": p.stat().st_size}
-    return out
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def export_bundle(
-    checkpoint: Path,
-    out: Path,
-    *,
-    quantize: str | None = None,
-    llm_runtime: str = "onnx",
-    verify_manifests: Sequence[Path] = (),
-    eval_manifests: Sequence[Path] = (),
-    verify_count: int = 4,
-    force: bool = False,
-) -> dict[str, Any]:
+def write_encoder(prep: Prepared, tmp: Path) -> float:
+    """encoder.onnx (encoder + projector), checked against PyTorch; returns the largest difference."""
     import onnxruntime as ort
 
-    from tympan.runtime.speech_model import SpeechModel
+    export_encoder(prep.model, tmp / FP32_ENCODER, prep.features)
+    session = ort.InferenceSession(str(tmp / FP32_ENCODER), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for feats, ref in zip(prep.features, prep.embeddings, strict=True):
+        got, n = session.run(None, {"features": feats[None], "lengths": np.array([len(feats)], np.int64)})
+        if int(n[0]) != ref.shape[0]:
+            raise ExportError(f"ONNX encoder gives {int(n[0])} positions, PyTorch {ref.shape[0]}")
+        worst = max(worst, float(np.abs(got[0, : ref.shape[0]] - ref).max()))
+    if worst > ENCODER_TOLERANCE:
+        raise ExportError(f"ONNX encoder differs from PyTorch by {worst:.2e} (limit {ENCODER_TOLERANCE:.0e})")
+    return worst
 
-    checkpoint, out = Path(checkpoint), Path(out)
-    if out.exists() and not force:
-        raise ExportError(f"{out} exists; choose another --out or pass --force to replace it")
-    meta = read_meta(checkpoint)
-    if "projector" not in meta["trained"]:
-        raise ExportError(f"{checkpoint}: this {meta['stage']} checkpoint has no trained projector: it cannot "
-                          "take speech. Export a projector or joint checkpoint.")
-    if llm_runtime not in ("torch", "onnx"):
-        raise ExportError(f"--llm must be torch or onnx, got {llm_runtime!r}")
-    if quantize not in (None, "int8"):
-        raise ExportError(f"--quantize must be int8, got {quantize!r}")
-    model = load_checkpoint(checkpoint)
-    examples = _verification_examples(model, verify_manifests, verify_count)
-    audios = [load_audio(e.audio, model.encoder.sample_rate) for e in examples]  # type: ignore[arg-type]
-    features = [model.encoder.extract_features(a) for a in audios]
-    instructions = [model.instruction(e) for e in examples]
 
-    # The reference: the unmerged checkpoint's greedy tokens, from PyTorch embeddings.
-    reference_embeds = torch_embeddings(model, features)
-    import torch
+def write_tokenizer(model: SpeechLLM, tmp: Path) -> None:
+    model.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+    if not (tmp / "tokenizer" / "tokenizer.json").is_file():
+        raise ExportError("the tokenizer has no fast (tokenizer.json) form; the daemon needs one")
 
-    reference_tokens = [model.generate([torch.from_numpy(e)], [i])[0]
-                        for e, i in zip(reference_embeds, instructions, strict=True)]
 
-    with atomic_directory(out) as tmp:
-        # 1. Encoder + projector.
-        export_encoder(model, tmp / "encoder.onnx", features)
-        session = ort.InferenceSession(str(tmp / "encoder.onnx"), providers=["CPUExecutionProvider"])
-        worst = 0.0
-        for feats, ref in zip(features, reference_embeds, strict=True):
-            got, n = session.run(None, {"features": feats[None], "lengths": np.array([len(feats)], np.int64)})
-            if int(n[0]) != ref.shape[0]:
-                raise ExportError(f"ONNX encoder gives {int(n[0])} positions, PyTorch {ref.shape[0]}")
-            worst = max(worst, float(np.abs(got[0, : ref.shape[0]] - ref).max()))
-        if worst > ENCODER_TOLERANCE:
-            raise ExportError(f"ONNX encoder differs from PyTorch by {worst:.2e} (limit {ENCODER_TOLERANCE:.0e})")
+def write_llm(prep: Prepared, tmp: Path, runtime: str) -> Llm:
+    """The LLM with LoRA folded into its weights (a copy: the checkpoint model stays unmerged), for `runtime`."""
+    import copy
 
-        # 2. Tokenizer and LLM.
-        model.tokenizer.save_pretrained(str(tmp / "tokenizer"))
-        if not (tmp / "tokenizer" / "tokenizer.json").is_file():
-            raise ExportError("the tokenizer has no fast (tokenizer.json) form; the daemon needs one")
-        merged = _merged_llm(model)
-        llm_meta: dict[str, Any] = {"runtime": llm_runtime, "merged_lora": "lora" in meta["trained"],
-                                    "hidden_size": int(merged.config.hidden_size)}
-        if llm_runtime == "torch":
-            merged.save_pretrained(str(tmp / "llm"))
-            llm_meta["dir"] = "llm"
-        else:
-            from tympan.export.llm_graph import export_llm_onnx
+    merged = copy.deepcopy(prep.model.llm)
+    if hasattr(merged, "merge_and_unload"):
+        merged = merged.merge_and_unload()
+    merged.eval()
+    hidden_size = int(merged.config.hidden_size)
+    merged_lora = "lora" in prep.meta["trained"]
+    if runtime == "torch":
+        merged.save_pretrained(str(tmp / "llm"))
+        return Llm(runtime=runtime, merged_lora=merged_lora, hidden_size=hidden_size, dir="llm")
+    from tympan.export.llm_graph import export_llm_onnx
 
-            llm_meta["dir"] = "llm_onnx"
-            # Weights in one external file: the session maps them instead of copying (~300 MB less RSS).
-            llm_meta["onnx"] = export_llm_onnx(merged, tmp / "llm_onnx", opset=OPSET, external_data=True)
-        del merged
+    # Weights in one external file: the session maps them instead of copying (~300 MB less RSS).
+    onnx = export_llm_onnx(merged, tmp / "llm_onnx", opset=OPSET, external_data=True)
+    return Llm(runtime=runtime, merged_lora=merged_lora, hidden_size=hidden_size, dir="llm_onnx", onnx=onnx)
 
-        encoder_file = "encoder.onnx"
-        if quantize == "int8":
-            from tympan.export.quantize import quantize_int8
 
-            quantize_int8(tmp / "encoder.onnx", tmp / "encoder.int8.onnx")
-            encoder_file = "encoder.int8.onnx"
+def write_int8_encoder(tmp: Path) -> str:
+    from tympan.export.quantize import quantize_int8
 
-        cfg = model.cfg
-        manifest: dict[str, Any] = {
-            "format": FORMAT,
-            "tympan_version": __version__,
-            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "source": {"checkpoint": str(checkpoint), "stage": meta["stage"], "step": meta["step"],
-                       "config": cfg.to_toml_dict()},
-            "audio": {"sample_rate": model.encoder.sample_rate, "features": model.encoder.feature_params()},
-            "encoder": {
-                "file": encoder_file,
-                "fp32_file": "encoder.onnx",
-                "kind": model.encoder.kind,
-                "layer": cfg.encoder.layer,
-                "max_seconds": cfg.encoder.max_seconds,
-                "frames_per_second": model.encoder.frames_per_second,
-                "output_rate_hz": model.encoder.frames_per_second / cfg.projector.frame_average,
-                "embedding_dim": int(reference_embeds[0].shape[1]),
-                "inputs": INPUTS,
-                "outputs": OUTPUTS,
-                "quantization": quantize,
-            },
-            "llm": llm_meta,
-            "prompt": {
-                "tokenizer": "tokenizer/tokenizer.json",
-                "frame": model.prompts.frame(),
-                "instructions": model.prompts.templates,
-                "stop_ids": model.prompts.stop_ids,
-                "max_new_tokens": cfg.prompt.max_new_tokens,
-            },
-            "tasks": meta.get("tasks", {}),
-            "onnx": {"opset": OPSET, "onnxruntime": ort.__version__, "checked_providers": ["CPUExecutionProvider"]},
-        }
-        manifest["files"] = _files(tmp)
-        _write_json(tmp / MANIFEST, manifest)
+    quantize_int8(tmp / FP32_ENCODER, tmp / INT8_ENCODER)
+    return INT8_ENCODER
 
-        # 3. The finished files, loaded as the daemon loads them, against the checkpoint.
-        bundle = load_bundle(tmp)
-        served = SpeechModel(bundle, encoder_file="encoder.onnx")
-        _check_prompts(model, served)
-        mismatches = []
-        for i, (audio, instruction, ref) in enumerate(zip(audios, instructions, reference_tokens, strict=True)):
-            (speech,) = served.embed_audio([audio])
-            got = list(served.generate(speech, instruction))
-            if got != ref:
-                mismatches.append(f"{examples[i].id}: checkpoint {ref[:12]}, bundle {got[:12]}")
-        if mismatches:
-            raise ExportError("the bundle's greedy output differs from the checkpoint's: " + "; ".join(mismatches))
-        manifest["verification"] = {"inputs": [e.id for e in examples], "encoder_max_abs_diff": worst,
-                                    "greedy_tokens_identical": True}
-        if quantize == "int8":
-            manifest["quantization_report"] = _int8_report(bundle, served, examples, audios, eval_manifests)
-        _write_json(tmp / MANIFEST, manifest)
+
+def describe(prep: Prepared, encoder_file: str, quantize: str | None, llm: Llm) -> BundleManifest:
+    """The manifest of the written files, before verification (`files` is filled in when it is written)."""
+    import onnxruntime as ort
+
+    model, cfg, meta = prep.model, prep.model.cfg, prep.meta
+    return BundleManifest(
+        tympan_version=__version__,
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        source=Source(checkpoint=str(prep.checkpoint), stage=meta["stage"], step=meta["step"],
+                      config=cfg.to_toml_dict()),
+        audio=Audio(sample_rate=model.encoder.sample_rate, features=model.encoder.feature_params()),
+        encoder=Encoder(
+            file=encoder_file,
+            fp32_file=FP32_ENCODER,
+            kind=model.encoder.kind,
+            layer=cfg.encoder.layer,
+            max_seconds=cfg.encoder.max_seconds,
+            frames_per_second=model.encoder.frames_per_second,
+            output_rate_hz=model.encoder.frames_per_second / cfg.projector.frame_average,
+            embedding_dim=int(prep.embeddings[0].shape[1]),
+            inputs=INPUTS,
+            outputs=OUTPUTS,
+            quantization=quantize,
+        ),
+        llm=llm,
+        prompt=Prompt(
+            tokenizer="tokenizer/tokenizer.json",
+            frame=PromptFrame(**model.prompts.frame()),
+            instructions=model.prompts.templates,
+            stop_ids=model.prompts.stop_ids,
+            max_new_tokens=cfg.prompt.max_new_tokens,
+        ),
+        tasks=meta.get("tasks", {}),
+        onnx=OnnxChecks(opset=OPSET, onnxruntime=ort.__version__, checked_providers=["CPUExecutionProvider"]),
+        files={},
+    )
+
+
+def write_manifest(tmp: Path, manifest: BundleManifest) -> BundleManifest:
+    """Every file of the bundle with its sha256 and size, then manifest.json; returns what was written."""
+    files = {p.relative_to(tmp).as_posix(): FileEntry(sha256=sha256_file(p), size=p.stat().st_size)
+             for p in sorted(tmp.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    manifest = replace(manifest, files=files)
+    write_json(tmp / MANIFEST, manifest.to_json())
     return manifest
 
 
-def _check_prompts(model: SpeechLLM, served) -> None:
+def verify(tmp: Path, prep: Prepared) -> SpeechModel:
+    """The finished files, loaded as the daemon loads them (the fp32 encoder), against the checkpoint: the same
+    prompt tokens for every instruction and the same greedy tokens for every input. Returns the loaded model."""
+    served = SpeechModel(load_bundle(tmp), encoder_file=FP32_ENCODER)
+    _check_prompts(prep.model, served)
+    mismatches = []
+    for example, audio, instruction, ref in zip(prep.examples, prep.audios, prep.instructions, prep.tokens,
+                                                strict=True):
+        (speech,) = served.embed_audio([audio])
+        got = served.decode(speech, instruction, prep.settings).tokens
+        if got != ref:
+            mismatches.append(f"{example.id}: checkpoint {ref[:12]}, bundle {got[:12]}")
+    if mismatches:
+        raise ExportError("the bundle's greedy output differs from the checkpoint's: " + "; ".join(mismatches))
+    return served
+
+
+def _check_prompts(model: SpeechLLM, served: SpeechModel) -> None:
     """The daemon's prompt tokens (tokenizers + frame strings) equal training's, for every instruction."""
     for task, langs in model.prompts.templates.items():
         for lang in langs:
@@ -233,23 +284,27 @@ def _check_prompts(model: SpeechLLM, served) -> None:
                 raise ExportError(f"prompt tokens for {task}/{lang} differ between training and the bundle")
 
 
-def _int8_report(bundle, served, examples, audios, eval_manifests) -> dict[str, Any]:
+def int8_report(served: SpeechModel, prep: Prepared, eval_manifests: Sequence[Path]) -> dict[str, Any]:
+    """fp32 against int8 encoder: sizes, latency, and the decoded text (as the daemon decodes) on the
+    verification inputs, or on `eval_manifests` when given."""
     from tympan.export.quantize import comparison_report
     from tympan.runtime.onnx_encoder import OnnxEncoder
 
-    items = [(a, served.prompts.instruction(e.task, e.tgt_lang, e.question), e.target)
-             for e, a in zip(examples, audios, strict=True)]
+    prompts = served.prompts
+    items = [(a, prompts.instruction(e.task, e.tgt_lang, e.question), e.target)
+             for e, a in zip(prep.examples, prep.audios, strict=True)]
     if eval_manifests:
         evals = [e for e in load_manifests(list(eval_manifests)) if e.is_speech]
-        items = [(load_audio(e.audio, served.sample_rate), served.prompts.instruction(e.task, e.tgt_lang, e.question),
-                  e.target) for e in evals]
-    encoders = {name: OnnxEncoder(bundle, file=name) for name in ("encoder.onnx", "encoder.int8.onnx")}
+        items = [(load_audio(e.audio, served.sample_rate),  # type: ignore[arg-type]
+                  prompts.instruction(e.task, e.tgt_lang, e.question), e.target) for e in evals]
+    bundle: Bundle = served.bundle
+    encoders = {name: OnnxEncoder(bundle, file=name) for name in (FP32_ENCODER, INT8_ENCODER)}
 
     def encode(name: str, audio: np.ndarray) -> np.ndarray:
         return encoders[name]([audio])[0]
 
     def respond(name: str, audio: np.ndarray, instruction: str) -> str:
-        return served.prompts.decode(list(served.generate(encode(name, audio), instruction)))
+        return prompts.decode(served.decode(encode(name, audio), instruction).tokens)
 
-    return comparison_report(bundle.path / "encoder.onnx", bundle.path / "encoder.int8.onnx", encode, respond,
-                             items, served.sample_rate)
+    return comparison_report(bundle.path / FP32_ENCODER, bundle.path / INT8_ENCODER, encode, respond, items,
+                             served.sample_rate)

@@ -40,10 +40,11 @@ def _export(args: argparse.Namespace) -> int:
     manifest = export_bundle(args.checkpoint, args.out, quantize=args.quantize, llm_runtime=args.llm,
                              verify_manifests=args.verify_manifest, eval_manifests=args.eval_manifest,
                              force=args.force)
-    check = manifest["verification"]
-    print(f"bundle {args.out}: encoder {manifest['encoder']['file']}, LLM runtime {manifest['llm']['runtime']}; "
-          f"verified on {len(check['inputs'])} inputs (encoder max |diff| {check['encoder_max_abs_diff']:.1e}, "
+    check = manifest.verification
+    assert check is not None  # export_bundle verifies, or raises
+    print(f"bundle {args.out}: encoder {manifest.encoder.file}, LLM runtime {manifest.llm.runtime}; "
+          f"verified on {len(check.inputs)} inputs (encoder max |diff| {check.encoder_max_abs_diff:.1e}, "
           "greedy tokens identical)")
-    if "quantization_report" in manifest:
-        print("int8 report:", json.dumps(manifest["quantization_report"], indent=2))
+    if manifest.quantization_report is not None:
+        print("int8 report:", json.dumps(manifest.quantization_report, indent=2))
     return 0

@@ -21,7 +21,7 @@ TINY_CONFIG = ROOT / "configs" / "tiny.toml"
 
 def ensure_default_bundle(model: str | None = None) -> Path:
     """Export the chosen shipped model (training the tiny one first), unless already there."""
-    from tympan.runtime.bundle import MANIFEST
+    from tympan.runtime.bundle_manifest import MANIFEST
 
     model = model or default_model()
     out = default_bundle_path(model)

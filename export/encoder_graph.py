@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from tympan.training.model.speech_llm import SpeechLLM, pad_sequences
+from tympan.runtime.onnx_encoder import pad_features
+from tympan.training.model.speech_llm import SpeechLLM
 
 OPSET = 17
 INPUTS = ["features", "lengths"]
@@ -27,18 +28,12 @@ class EncoderProjector(nn.Module):
         return self.projector(hidden, hidden_lengths)
 
 
-def batch_features(features: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Zero-padded (batch, frames, dim) float32 and int64 lengths."""
-    padded, lengths = pad_sequences([torch.from_numpy(f) for f in features])
-    return padded.numpy().astype(np.float32), lengths.numpy().astype(np.int64)
-
-
 def export_encoder(model: SpeechLLM, path: Path, example_features: Sequence[np.ndarray]) -> None:
     """Trace with a padded batch of two different lengths, so the masked path is what is recorded."""
     if len(example_features) < 2 or len({f.shape[0] for f in example_features[:2]}) < 2:
         raise ValueError("export needs two example inputs of different lengths to trace padding")
     wrapper = EncoderProjector(model).eval()
-    feats, lengths = batch_features(example_features[:2])
+    feats, lengths = pad_features(example_features[:2])
     with torch.no_grad():
         torch.onnx.export(
             wrapper,
@@ -58,7 +53,7 @@ def export_encoder(model: SpeechLLM, path: Path, example_features: Sequence[np.n
 
 
 def torch_embeddings(model: SpeechLLM, features: Sequence[np.ndarray]) -> list[np.ndarray]:
-    feats, lengths = batch_features(features)
+    feats, lengths = pad_features(features)
     with torch.no_grad():
         out, out_lengths = EncoderProjector(model).eval()(torch.from_numpy(feats), torch.from_numpy(lengths))
     return [out[i, : int(n)].numpy() for i, n in enumerate(out_lengths)]

@@ -29,7 +29,6 @@ import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -38,15 +37,21 @@ from onnx import TensorProto
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-FORMAT = "tympan-llm-onnx"
-FORMAT_VERSION = 2
+from tympan.runtime.bundle_manifest import (
+    LLM_ONNX_FORMAT,
+    LLM_ONNX_FORMAT_VERSION,
+    LLM_ONNX_INPUTS,
+    EmbedTable,
+    LlmOnnx,
+    OnnxGraph,
+)
+
 INFO_FILE = "llm_onnx.json"
 GRAPH_FILE = "llm.onnx"
 EMBED_FILE = "embed_tokens.npy"
 WEIGHTS_FILE = "weights.bin"
 # Files of format version 1, removed from out_dir so that a re-export leaves no stale graphs beside the new one.
 _V1_FILES = ("prefill.onnx", "decode.onnx")
-INPUT_NAMES = ["inputs_embeds", "attention_mask", "position_ids"]
 
 # Protobuf caps a file at 2 GiB; above this many parameter bytes the weights go to one external data file.
 _EXTERNAL_THRESHOLD_BYTES = 1_500_000_000
@@ -182,7 +187,7 @@ def _shape(value: onnx.ValueInfoProto) -> list[int | str]:
     return [d.dim_param or int(d.dim_value) for d in value.type.tensor_type.shape.dim]
 
 
-def _describe_graph(path: Path, num_layers: int) -> dict[str, Any]:
+def _describe_graph(path: Path, num_layers: int) -> OnnxGraph:
     model = onnx.load(str(path), load_external_data=False)
     initializers = {t.name for t in model.graph.initializer}
     inputs = [v for v in model.graph.input if v.name not in initializers]
@@ -195,14 +200,14 @@ def _describe_graph(path: Path, num_layers: int) -> dict[str, Any]:
             if len(found) != 1:
                 raise RuntimeError(f"the exported {prefix} {kv} tensors differ in shape: {sorted(found)}")
             cache_shapes[f"{prefix}.{{i}}.{kv}"] = json.loads(found.pop())
-    return {
-        "file": path.name,
-        "inputs": [v.name for v in inputs],
-        "outputs": [o.name for o in model.graph.output],
-        "shapes": {**shapes, **cache_shapes},
-        "dims": {"total": "past + seq", "past": "cached positions, 0 for prefill"},
-        "logits": "last",
-    }
+    return OnnxGraph(
+        file=path.name,
+        inputs=[v.name for v in inputs],
+        outputs=[o.name for o in model.graph.output],
+        shapes={**shapes, **cache_shapes},
+        dims={"total": "past + seq", "past": "cached positions, 0 for prefill"},
+        logits="last",
+    )
 
 
 def export_llm_onnx(
@@ -212,7 +217,7 @@ def export_llm_onnx(
     *,
     external_data: bool | None = None,
     embed_dtype: str = "float32",
-) -> dict[str, Any]:
+) -> LlmOnnx:
     """Write ``llm.onnx`` and ``embed_tokens.npy`` (+ ``weights.bin`` when external) to ``out_dir``, and
     ``llm_onnx.json`` holding the returned description, which ``tympan.runtime.onnx_llm.OnnxLLM`` takes.
 
@@ -260,7 +265,7 @@ def export_llm_onnx(
             step,
             sample,
             str(tmp / GRAPH_FILE),
-            input_names=[*INPUT_NAMES, *past],
+            input_names=[*LLM_ONNX_INPUTS, *past],
             output_names=["logits", *present],
             dynamic_axes=axes,
             opset_version=opset,
@@ -275,31 +280,31 @@ def export_llm_onnx(
     np.save(out_dir / EMBED_FILE, table)
 
     graph = _describe_graph(out_dir / GRAPH_FILE, num_layers)
-    info: dict[str, Any] = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "model_type": str(getattr(config, "model_type", "")),
-        "opset": opset,
-        "files": [GRAPH_FILE, EMBED_FILE] + ([WEIGHTS_FILE] if external_data else []),
-        "external_data": WEIGHTS_FILE if external_data else None,
-        "graph": graph,
-        "usage": {
+    info = LlmOnnx(
+        format=LLM_ONNX_FORMAT,
+        format_version=LLM_ONNX_FORMAT_VERSION,
+        model_type=str(getattr(config, "model_type", "")),
+        opset=opset,
+        files=[GRAPH_FILE, EMBED_FILE] + ([WEIGHTS_FILE] if external_data else []),
+        external_data=WEIGHTS_FILE if external_data else None,
+        graph=graph,
+        usage={
             "prefill": "inputs_embeds = the prompt, past.* with 0 positions, mask ones(past + seq), "
             "position_ids = past .. past + seq - 1",
             "decode": "inputs_embeds = the embed row of the last token (seq 1), past.* = the previous present.*",
         },
-        "embed": {"file": EMBED_FILE, "dtype": embed_dtype, "shape": [vocab, hidden]},
-        "past_names": past,
-        "present_names": present,
-        "num_layers": num_layers,
-        "num_heads": int(config.num_attention_heads),
-        "num_kv_heads": int(num_kv_heads),
-        "head_dim": int(head_dim),
-        "vocab_size": vocab,
-        "hidden_size": hidden,
-        "max_position_embeddings": int(getattr(config, "max_position_embeddings", 0) or 0),
-        "dtype": "float32",
-        "cache_layout": "batch, kv_heads, seq, head_dim",
-    }
-    (out_dir / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        embed=EmbedTable(file=EMBED_FILE, dtype=embed_dtype, shape=[vocab, hidden]),
+        past_names=past,
+        present_names=present,
+        num_layers=num_layers,
+        num_heads=int(config.num_attention_heads),
+        num_kv_heads=int(num_kv_heads),
+        head_dim=int(head_dim),
+        vocab_size=vocab,
+        hidden_size=hidden,
+        max_position_embeddings=int(getattr(config, "max_position_embeddings", 0) or 0),
+        dtype="float32",
+        cache_layout="batch, kv_heads, seq, head_dim",
+    )
+    (out_dir / INFO_FILE).write_text(json.dumps(info.to_json(), indent=2) + "\n")
     return info

@@ -9,23 +9,14 @@ from typing import Any
 
 import numpy as np
 
+from tympan.scoring import wer
+
 
 def quantize_int8(src: Path, dst: Path) -> None:
     """onnxruntime's dynamic quantization: int8 weights, activations quantized on the fly."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
-
-
-def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
-    """(word edits, reference words): Levenshtein distance over whitespace-separated words."""
-    ref, hyp = reference.split(), hypothesis.split()
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1], len(ref)
 
 
 def median_ms(fn: Callable[[], object], repeats: int = 5) -> float:
@@ -57,17 +48,12 @@ def comparison_report(
         "latency_ms_5s": {name: round(median_ms(lambda n=name: encode(n, five_seconds)), 2)
                           for name in (fp32_path.name, int8_path.name)},
     }
-    same = 0
-    errors = {"fp32": [0, 0], "int8": [0, 0]}
-    for audio, instruction, reference in items:
-        a = respond(fp32_path.name, audio, instruction)
-        b = respond(int8_path.name, audio, instruction)
-        same += a == b
-        for key, hyp in (("fp32", a), ("int8", b)):
-            e, n = word_errors(reference, hyp)
-            errors[key][0] += e
-            errors[key][1] += n
+    references = [reference for _, _, reference in items]
+    hypotheses = {key: [respond(path.name, audio, instruction) for audio, instruction, _ in items]
+                  for key, path in (("fp32", fp32_path), ("int8", int8_path))}
     report["utterances"] = len(items)
-    report["identical_outputs"] = same
-    report["word_error_rate"] = {k: round(100 * e / max(1, n), 2) for k, (e, n) in errors.items()}
+    report["identical_outputs"] = sum(a == b for a, b in zip(hypotheses["fp32"], hypotheses["int8"], strict=True))
+    # Over the words as written (no normalisation): the two encoders are compared, not scored for a task.
+    report["word_error_rate"] = {key: round(wer(references, hyps, normalize=None), 2)
+                                 for key, hyps in hypotheses.items()}
     return report

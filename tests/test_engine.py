@@ -10,6 +10,9 @@ import numpy as np
 from tympan.daemon.engine import Engine, Job
 from tympan.daemon.protocol import Request
 from tympan.daemon.settings import DecodeConfig
+from tympan.runtime.decode import greedy_decode
+
+STOP = 99
 
 
 class Prompts:
@@ -22,8 +25,36 @@ class Prompts:
         return " ".join(map(str, ids))
 
 
+class GatedLLM:
+    """A one-number LLM for the real decode loop: the prompt's first value 3 times, then STOP, or a failure
+    when it is 13. Every model call waits for the gate."""
+
+    hidden_size = 1
+
+    def __init__(self, gate: threading.Event) -> None:
+        self.gate = gate
+
+    def embed(self, ids):
+        return np.zeros((len(ids), 1), np.float32)
+
+    def prefill(self, inputs_embeds):
+        value = int(inputs_embeds[0, 0])
+        if value == 13:
+            raise RuntimeError("model failure")
+        return self._next(value, 0)
+
+    def step(self, token, state):
+        return self._next(*state)
+
+    def _next(self, value: int, emitted: int):
+        self.gate.wait(5)
+        logits = np.zeros(100, np.float32)
+        logits[value if emitted < 3 else STOP] = 1
+        return logits, (value, emitted + 1)
+
+
 class FakeModel:
-    """Speech is its first sample; decoding yields it 3 times, or fails when it is 13."""
+    """Speech is its first sample; decoding gives it 3 times, or fails when it is 13."""
 
     sample_rate = 16000
     prompts = Prompts()
@@ -37,13 +68,9 @@ class FakeModel:
         self.batches.append(len(audios))
         return [a[:1] for a in audios]
 
-    def generate(self, speech, instruction, max_new_tokens):
-        value = int(speech[0])
-        if value == 13:
-            raise RuntimeError("model failure")
-        for _ in range(3):
-            self.gate.wait(5)
-            yield value
+    def decode(self, speech, instruction, settings, *, cancelled=None, on_token=None):
+        return greedy_decode(GatedLLM(self.gate), speech[None], [STOP], settings.capped(self.prompts.max_new_tokens),
+                             cancelled=cancelled, on_token=on_token)
 
 
 def run_jobs(specs, expect, model=None, before_start=None):

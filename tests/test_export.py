@@ -12,7 +12,9 @@ import pytest
 from tympan.audio import load_audio
 from tympan.export import bundle as bundle_module
 from tympan.export.bundle import ExportError, export_bundle
-from tympan.runtime.bundle import BundleError, load_bundle
+from tympan.runtime.bundle import load_bundle
+from tympan.runtime.bundle_manifest import BundleError
+from tympan.runtime.decode import DecodeSettings
 from tympan.runtime.speech_model import SpeechModel
 from tympan.training.model.checkpoint import load_checkpoint
 from tympan.training.recipe import RandomEncoderConfig, replace
@@ -58,39 +60,41 @@ def _bundle_tokens(bundle: Path, inputs, encoder_file: str | None = None) -> lis
     for audio, line in inputs:
         (speech,) = model.embed_audio([audio])
         instruction = model.prompts.instruction(line["task"], line["tgt_lang"], line.get("question"))
-        out.append(list(model.generate(speech, instruction)))
+        out.append(model.decode(speech, instruction, DecodeSettings.unguarded(model.prompts.max_new_tokens)).tokens)
     return out
 
 
 def test_export_then_load_gives_the_checkpoints_output(checkpoint: Path, toy_corpus: Path, tmp_path: Path) -> None:
     manifest = export_bundle(checkpoint, tmp_path / "bundle", llm_runtime="torch")
-    assert manifest["verification"]["encoder_max_abs_diff"] <= 1e-4
-    assert manifest["verification"]["greedy_tokens_identical"]
+    assert manifest.verification is not None
+    assert manifest.verification.encoder_max_abs_diff <= 1e-4
+    assert manifest.verification.greedy_tokens_identical
     # On inputs the export did not verify with (training utterances, all three tasks).
     inputs = _toy_inputs(toy_corpus, "train", 9)
     expected = _checkpoint_tokens(checkpoint, inputs)
     assert _bundle_tokens(tmp_path / "bundle", inputs) == expected
     assert any(expected), "the model generated nothing at all: the comparison would be empty"
     loaded = load_bundle(tmp_path / "bundle").manifest
-    assert loaded["audio"]["features"]["type"] in ("whisper_log_mel", "seamless_fbank")
-    assert loaded["encoder"]["output_rate_hz"] == pytest.approx(50 / 3)
-    assert loaded["tasks"] == {"asr": ["en"], "sqa": ["de", "en", "it", "zh"], "st": ["de", "it", "zh"]}
-    assert set(loaded["files"]) >= {"encoder.onnx", "tokenizer/tokenizer.json", "llm/model.safetensors"}
-    assert not any(k.startswith("llm/") and "adapter" in k for k in loaded["files"]), "LoRA must be merged"
+    assert loaded == manifest
+    assert loaded.audio.features["type"] in ("whisper_log_mel", "seamless_fbank")
+    assert loaded.encoder.output_rate_hz == pytest.approx(50 / 3)
+    assert loaded.tasks == {"asr": ["en"], "sqa": ["de", "en", "it", "zh"], "st": ["de", "it", "zh"]}
+    assert set(loaded.files) >= {"encoder.onnx", "tokenizer/tokenizer.json", "llm/model.safetensors"}
+    assert not any(k.startswith("llm/") and "adapter" in k for k in loaded.files), "LoRA must be merged"
 
 
 def test_onnx_llm_bundle_gives_the_same_tokens(checkpoint: Path, toy_corpus: Path, tmp_path: Path) -> None:
     manifest = export_bundle(checkpoint, tmp_path / "bundle")  # ONNX is the default runtime
-    assert manifest["llm"]["runtime"] == "onnx" and manifest["verification"]["greedy_tokens_identical"]
-    assert not any(k.startswith("llm/") for k in manifest["files"]), "the ONNX bundle needs no torch weights"
+    assert manifest.llm.runtime == "onnx" and manifest.verification and manifest.verification.greedy_tokens_identical
+    assert not any(k.startswith("llm/") for k in manifest.files), "the ONNX bundle needs no torch weights"
     inputs = _toy_inputs(toy_corpus, "train", 6)
     assert _bundle_tokens(tmp_path / "bundle", inputs) == _checkpoint_tokens(checkpoint, inputs)
 
 
 def test_int8_export_serves_a_smaller_encoder_close_to_fp32(checkpoint: Path, toy_corpus: Path, tmp_path) -> None:
     manifest = export_bundle(checkpoint, tmp_path / "bundle", quantize="int8")
-    report = manifest["quantization_report"]
-    assert manifest["encoder"]["file"] == "encoder.int8.onnx"
+    report = manifest.quantization_report
+    assert report is not None and manifest.encoder.file == "encoder.int8.onnx"
     assert report["size_bytes"]["int8"] < report["size_bytes"]["fp32"]
     assert report["utterances"] >= 2 and set(report["word_error_rate"]) == {"fp32", "int8"}
     bundle = load_bundle(tmp_path / "bundle")
@@ -174,7 +178,7 @@ def test_serving_an_onnx_bundle_needs_no_torch(good_bundle: Path, toy_corpus: Pa
         "assert e.ndim == 2 and e.shape[0] > 0 and p[0] and p[1]\n"
         "from tympan.runtime.speech_model import SpeechModel\n"
         "m = SpeechModel(b)\n"
-        "assert b.manifest['llm']['runtime'] == 'onnx'\n"
+        "assert b.manifest.llm.runtime == 'onnx'\n"
         "m.respond(np.zeros(16000, dtype=np.float32) + 0.01, 'Transcribe what is said.')\n"
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch was imported'\n"
     )
@@ -202,7 +206,7 @@ def test_the_default_bundle_is_built_once_and_served_by_default(tympan_home: Pat
     path = Path(capsys.readouterr().out.strip())
     assert path == tympan_home / "bundles" / "tiny"  # TYMPAN_MODEL=tiny (conftest)
     bundle = load_bundle(path)
-    assert bundle.manifest["verification"]["greedy_tokens_identical"]
+    assert bundle.manifest.verification and bundle.manifest.verification.greedy_tokens_identical
     stamp = (path / "manifest.json").stat().st_mtime_ns
     assert default_bundle() == path  # present: not rebuilt
     assert main(["export", "--default"]) == 0

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +15,8 @@ import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 from tympan.export.llm_graph import EMBED_FILE, GRAPH_FILE, INFO_FILE, WEIGHTS_FILE, export_llm_onnx
+from tympan.runtime.bundle_manifest import LlmOnnx
+from tympan.runtime.decode import DecodeSettings, greedy_decode
 from tympan.runtime.onnx_llm import OnnxLLM
 
 HIDDEN, VOCAB, NEW_TOKENS = 64, 300, 12
@@ -27,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 class Exported:
     model: LlamaForCausalLM
     directory: Path
-    info: dict[str, Any]
+    info: LlmOnnx
     llm: OnnxLLM
 
 
@@ -70,26 +71,31 @@ def _torch_greedy(model: LlamaForCausalLM, embeds: np.ndarray, n: int) -> list[i
     return out[0].tolist()
 
 
+def greedy(llm: OnnxLLM, embeds: np.ndarray, max_new_tokens: int, stop_ids: list[int] | None = None) -> list[int]:
+    """The runtime's decode loop without its loop guard: the graph's own greedy tokens."""
+    return greedy_decode(llm, embeds, stop_ids or [], DecodeSettings.unguarded(max_new_tokens)).tokens
+
+
 def _random_embeds(seq: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((seq, HIDDEN)).astype(np.float32)
 
 
 def test_info_describes_the_one_graph(exported: Exported) -> None:
     info, directory = exported.info, exported.directory
-    assert json.loads(json.dumps(info)) == info
-    assert json.loads((directory / INFO_FILE).read_text()) == info
-    assert info["format_version"] == 2
-    assert (info["num_layers"], info["num_kv_heads"], info["head_dim"]) == (LAYERS, KV_HEADS, HEAD_DIM)
-    assert (info["vocab_size"], info["hidden_size"], info["opset"]) == (VOCAB, HIDDEN, 17)
-    assert info["external_data"] is None
-    assert info["files"] == [GRAPH_FILE, EMBED_FILE]
-    assert all((directory / f).is_file() for f in info["files"])
+    assert LlmOnnx.from_json(json.loads(json.dumps(info.to_json()))) == info
+    assert json.loads((directory / INFO_FILE).read_text()) == info.to_json()
+    assert info.format_version == 2
+    assert (info.num_layers, info.num_kv_heads, info.head_dim) == (LAYERS, KV_HEADS, HEAD_DIM)
+    assert (info.vocab_size, info.hidden_size, info.opset) == (VOCAB, HIDDEN, 17)
+    assert info.external_data is None
+    assert info.files == [GRAPH_FILE, EMBED_FILE]
+    assert all((directory / f).is_file() for f in info.files)
     # One graph holds the weights: prefill and decode share it.
     assert [p.name for p in directory.glob("*.onnx")] == [GRAPH_FILE]
-    graph = info["graph"]
-    assert graph["inputs"] == ["inputs_embeds", "attention_mask", "position_ids", *info["past_names"]]
-    assert graph["outputs"] == ["logits", *info["present_names"]]
-    assert graph["shapes"] == {
+    graph = info.graph
+    assert graph.inputs == ["inputs_embeds", "attention_mask", "position_ids", *info.past_names]
+    assert graph.outputs == ["logits", *info.present_names]
+    assert graph.shapes == {
         "inputs_embeds": ["batch", "seq", HIDDEN],
         "attention_mask": ["batch", "total"],
         "position_ids": ["batch", "seq"],
@@ -109,7 +115,7 @@ def test_graph_matches_torch_for_any_past_and_seq(exported: Exported, past: int,
     cache = [rng.standard_normal((1, KV_HEADS, past, HEAD_DIM)).astype(np.float32) for _ in range(2 * LAYERS)]
     mask = np.ones((1, past + seq), np.int64)
     positions = np.arange(past, past + seq, dtype=np.int64)[None]
-    logits, *present = (v.numpy() for v in exported.llm.step(embeds, mask, positions, cache))
+    logits, *present = (v.numpy() for v in exported.llm.run(embeds, mask, positions, cache))
     pairs = [(torch.from_numpy(cache[i]), torch.from_numpy(cache[i + 1])) for i in range(0, len(cache), 2)]
     with torch.no_grad():
         out = exported.model(
@@ -137,11 +143,11 @@ def test_batched_left_padded_prefill_and_decode_match_torch(exported: Exported) 
     mask[1, :3] = 0
     positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
     empty = [np.zeros((2, KV_HEADS, 0, HEAD_DIM), np.float32)] * (2 * LAYERS)
-    logits, *cache = llm.step(embeds, mask, positions, empty)
+    logits, *cache = llm.run(embeds, mask, positions, empty)
     tokens = np.array([[7], [250]], np.int64)
     mask2 = np.concatenate([mask, np.ones((2, 1), np.int64)], axis=1)
     step_embeds = np.stack([llm.embed(t) for t in tokens])
-    step_logits = llm.step(step_embeds, mask2, positions[:, -1:] + 1, cache)[0]
+    step_logits = llm.run(step_embeds, mask2, positions[:, -1:] + 1, cache)[0]
     with torch.no_grad():
         out = model(
             inputs_embeds=torch.from_numpy(embeds),
@@ -165,8 +171,8 @@ def test_greedy_tokens_match_torch_for_random_embeddings(exported: Exported, seq
     embeds = _random_embeds(seq, seed=seq)
     expected = _torch_greedy(exported.model, embeds, NEW_TOKENS)
     assert len(set(expected)) > 3, "degenerate reference; the test would prove little"
-    assert list(exported.llm.generate(embeds, NEW_TOKENS, stop_ids=[])) == expected
-    assert list(exported.llm.generate(embeds[None], NEW_TOKENS, stop_ids=[])) == expected
+    assert greedy(exported.llm, embeds, NEW_TOKENS) == expected
+    assert greedy(exported.llm, embeds[None], NEW_TOKENS) == expected
 
 
 def test_greedy_tokens_match_torch_for_text_spliced_with_speech(exported: Exported) -> None:
@@ -174,10 +180,10 @@ def test_greedy_tokens_match_torch_for_text_spliced_with_speech(exported: Export
     before, after = rng.integers(0, VOCAB, 9).tolist(), rng.integers(0, VOCAB, 6).tolist()
     # The daemon's layout: prompt text, then speech embeddings, then more text, all in embedding space.
     embeds = np.concatenate([exported.llm.embed(before), _random_embeds(20, seed=2), exported.llm.embed(after)])
-    assert list(exported.llm.generate(embeds, NEW_TOKENS, [])) == _torch_greedy(exported.model, embeds, NEW_TOKENS)
+    assert greedy(exported.llm, embeds, NEW_TOKENS) == _torch_greedy(exported.model, embeds, NEW_TOKENS)
     for ids in (before + after, after[:1]):
         text_only = exported.llm.embed(ids)
-        assert list(exported.llm.generate(text_only, NEW_TOKENS, [])) == _torch_greedy(
+        assert greedy(exported.llm, text_only, NEW_TOKENS) == _torch_greedy(
             exported.model, text_only, NEW_TOKENS
         )
 
@@ -186,13 +192,14 @@ def test_stop_ids_end_generation_before_the_stop_token(exported: Exported) -> No
     embeds = _random_embeds(11, seed=3)
     expected = _torch_greedy(exported.model, embeds, NEW_TOKENS)
     k = next(i for i in range(2, NEW_TOKENS) if expected[i] not in expected[:i])
-    assert list(exported.llm.generate(embeds, NEW_TOKENS, stop_ids=[expected[k], VOCAB + 5])) == expected[:k]
-    assert list(exported.llm.generate(embeds, NEW_TOKENS, stop_ids=[expected[0]])) == []
-    assert list(exported.llm.generate(embeds, 3, stop_ids=[])) == expected[:3]
-    assert list(exported.llm.generate(embeds, 0, stop_ids=[])) == []
-    # Streaming: the first token comes out before the rest are computed.
-    stream = exported.llm.generate(embeds, NEW_TOKENS, stop_ids=[])
-    assert next(stream) == expected[0]
+    assert greedy(exported.llm, embeds, NEW_TOKENS, stop_ids=[expected[k], VOCAB + 5]) == expected[:k]
+    assert greedy(exported.llm, embeds, NEW_TOKENS, stop_ids=[expected[0]]) == []
+    assert greedy(exported.llm, embeds, 3) == expected[:3]
+    # Streaming: each token comes out as soon as it is computed.
+    seen: list[list[int]] = []
+    settings = DecodeSettings.unguarded(NEW_TOKENS)
+    greedy_decode(exported.llm, embeds, [], settings, on_token=lambda t: seen.append(list(t)))
+    assert seen == [expected[:i] for i in range(1, NEW_TOKENS + 1)]
 
 
 def test_embed_returns_the_models_embedding_rows(exported: Exported) -> None:
@@ -208,17 +215,17 @@ def test_embed_returns_the_models_embedding_rows(exported: Exported) -> None:
 def test_bad_inputs_raise_value_error(exported: Exported, tmp_path: Path) -> None:
     llm = exported.llm
     with pytest.raises(ValueError, match="hidden size 32"):
-        llm.generate(np.zeros((4, 32), np.float32), 3, [])
+        greedy(llm, np.zeros((4, 32), np.float32), 3)
     with pytest.raises(ValueError, match="empty"):
-        llm.generate(np.zeros((0, HIDDEN), np.float32), 3, [])
+        greedy(llm, np.zeros((0, HIDDEN), np.float32), 3)
     with pytest.raises(ValueError, match="one"):
-        llm.generate(np.zeros((2, 4, HIDDEN), np.float32), 3, [])
+        greedy(llm, np.zeros((2, 4, HIDDEN), np.float32), 3)
     with pytest.raises(ValueError, match="max_new_tokens"):
-        llm.generate(np.zeros((4, HIDDEN), np.float32), -1, [])
+        greedy(llm, np.zeros((4, HIDDEN), np.float32), -1)
     with pytest.raises(ValueError, match="NaN"):
-        llm.generate(np.full((4, HIDDEN), np.nan, np.float32), 3, [])
+        greedy(llm, np.full((4, HIDDEN), np.nan, np.float32), 3)
     with pytest.raises(ValueError, match="v2"):
-        OnnxLLM(exported.directory, {**exported.info, "format_version": 1})
+        LlmOnnx.from_json({**exported.info.to_json(), "format_version": 1})
     with pytest.raises(ValueError, match="threads"):
         OnnxLLM(exported.directory, exported.info, threads=0)
     with pytest.raises(ValueError, match="embed_dtype"):
@@ -232,26 +239,26 @@ def test_external_data_puts_the_weights_in_one_file(exported: Exported, tmp_path
     for stale in ("prefill.onnx", "decode.onnx"):
         (tmp_path / stale).write_bytes(b"old")
     info = export_llm_onnx(exported.model, tmp_path, external_data=True)
-    assert info["external_data"] == WEIGHTS_FILE and info["files"] == [GRAPH_FILE, EMBED_FILE, WEIGHTS_FILE]
+    assert info.external_data == WEIGHTS_FILE and info.files == [GRAPH_FILE, EMBED_FILE, WEIGHTS_FILE]
     assert [p.name for p in tmp_path.glob("*.onnx")] == [GRAPH_FILE]
     inline = (exported.directory / GRAPH_FILE).stat().st_size
     # Only tensors under 1 KB (norms, shapes; many in this tiny model) stay in the graph.
     assert (tmp_path / GRAPH_FILE).stat().st_size < 0.3 * inline < (tmp_path / WEIGHTS_FILE).stat().st_size
     embeds = _random_embeds(9, seed=5)
     llm = OnnxLLM(tmp_path, info, threads=2)
-    assert list(llm.generate(embeds, NEW_TOKENS, [])) == list(exported.llm.generate(embeds, NEW_TOKENS, []))
+    assert greedy(llm, embeds, NEW_TOKENS) == greedy(exported.llm, embeds, NEW_TOKENS)
 
 
 def test_float16_table_halves_the_file_and_stays_close(exported: Exported, tmp_path: Path) -> None:
     info = export_llm_onnx(exported.model, tmp_path, embed_dtype="float16")
-    assert info["embed"]["dtype"] == "float16"
+    assert info.embed.dtype == "float16"
     assert (tmp_path / EMBED_FILE).stat().st_size < 0.6 * (exported.directory / EMBED_FILE).stat().st_size
     llm = OnnxLLM(tmp_path, info, threads=2)
     ids = [3, 99, 250]
     rows = llm.embed(ids)
     assert rows.dtype == np.float32
     np.testing.assert_allclose(rows, exported.llm.embed(ids), atol=2e-3, rtol=0)
-    assert len(list(llm.generate(rows, NEW_TOKENS, []))) == NEW_TOKENS
+    assert len(greedy(llm, rows, NEW_TOKENS)) == NEW_TOKENS
 
 
 def test_daemon_module_does_not_import_torch() -> None:

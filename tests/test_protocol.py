@@ -22,7 +22,8 @@ from tympan.daemon.protocol import (
     parse_text,
 )
 from tympan.daemon.settings import DaemonConfig, load_daemon_config
-from tympan.daemon.text import LocalAgreement, repeating_tail
+from tympan.daemon.text import LocalAgreement
+from tympan.runtime.decode import repeating_tail
 
 ROOT = Path(__file__).resolve().parent.parent
 

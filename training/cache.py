@@ -7,7 +7,6 @@ from the cache gives the same loss as training from audio. Entries are written a
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,16 +15,13 @@ import numpy as np
 import torch
 
 from tympan.audio import AudioError, load_audio
+from tympan.checksum import sha256_file
 from tympan.manifest import Example
 from tympan.training.model.encoder import SpeechEncoder, encode_audio
 
 
 def audio_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:32]
+    return sha256_file(path)[:32]
 
 
 def audio_seconds(path: Path) -> float:

@@ -18,6 +18,7 @@ from tympan.errors import TympanError
 
 if TYPE_CHECKING:
     from tympan.evaluate import Runner
+    from tympan.runtime.decode import DecodeSettings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,10 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _open_checkpoint(path: Path, threads: int | None, max_new_tokens: int | None) -> Runner:
+def _open_checkpoint(path: Path, threads: int | None, settings: DecodeSettings) -> Runner:
     from tympan.training.model.runner import CheckpointRunner
 
-    return CheckpointRunner(path, threads, max_new_tokens)
+    return CheckpointRunner(path, threads, settings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,8 +7,10 @@ seconds (encoder, projector and decoding; not reading the audio) per second of a
 untimed warm-up call.
 
 Text-only manifest lines are skipped and counted: this evaluates speech. Examples are decoded
-one at a time, greedily, as the daemon decodes an utterance, so a bundle and the checkpoint it
-was exported from (verified to give the same greedy tokens) give the same hypotheses.
+one at a time through the runtime's greedy decode loop with the daemon's limits and loop guard
+(`tympan.runtime.decode`), as the daemon decodes an utterance, so a bundle, a daemon serving it
+and the checkpoint it was exported from (verified to give the same greedy tokens) give the same
+hypotheses.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from tympan import scoring
 from tympan.atomic import write_json
 from tympan.errors import TympanError
 from tympan.manifest import Example, load_manifest
+from tympan.runtime.decode import DEFAULT_SETTINGS, DecodeSettings
 from tympan.tasks import TASKS
 
-if TYPE_CHECKING:  # numpy is imported where audio is read
+if TYPE_CHECKING:  # for annotations only
     import numpy as np
 
 GroupKey = tuple[str, str]  # (task, target language)
@@ -50,20 +53,21 @@ class Runner(Protocol):
 
 
 class BundleRunner:
-    """A serving bundle, loaded and run as the daemon runs it (`tympan.runtime.speech_model.SpeechModel`)."""
+    """A serving bundle, loaded and run as the daemon runs it (`tympan.runtime.speech_model.SpeechModel`), by
+    default with the daemon's decode limits and loop guard."""
 
-    def __init__(self, path: Path, threads: int | None = None, max_new_tokens: int | None = None) -> None:
+    def __init__(self, path: Path, threads: int | None = None, settings: DecodeSettings = DEFAULT_SETTINGS) -> None:
         from tympan.runtime.speech_model import SpeechModel
 
         self.model = SpeechModel.load(path, threads=threads)
         self.sample_rate = self.model.sample_rate
-        self.max_new_tokens = max_new_tokens
+        self.settings = settings
 
     def instruction(self, ex: Example) -> str:
         return self.model.prompts.instruction(ex.task, ex.tgt_lang, ex.question)
 
     def respond(self, audio: np.ndarray, instruction: str) -> str:
-        return self.model.respond(audio, instruction, self.max_new_tokens)
+        return self.model.respond(audio, instruction, self.settings)
 
 
 @dataclass(frozen=True)
@@ -212,9 +216,9 @@ def _non_negative(value: str) -> int:
     return n
 
 
-# Opens a training checkpoint as a Runner (path, threads, max_new_tokens): given by the command line,
+# Opens a training checkpoint as a Runner (path, threads, decode settings): given by the command line,
 # which composes the packages, so that evaluation never imports training code.
-OpenCheckpoint = Callable[[Path, int | None, int | None], Runner]
+OpenCheckpoint = Callable[[Path, int | None, DecodeSettings], Runner]
 
 
 def register(sub: argparse._SubParsersAction, open_checkpoint: OpenCheckpoint) -> None:
@@ -228,7 +232,7 @@ def register(sub: argparse._SubParsersAction, open_checkpoint: OpenCheckpoint) -
     p.add_argument("--limit", type=_positive, metavar="N", help="the first N examples of each task and language")
     p.add_argument("--threads", type=_positive, metavar="N", help="CPU threads for the model")
     p.add_argument("--max-new-tokens", type=_positive, metavar="N",
-                   help="decoding limit per example (default: the model's)")
+                   help="decoding limit per example (default: the daemon's, under the model's own)")
     p.add_argument("--show", type=_non_negative, default=0, metavar="N",
                    help="print N hypothesis/reference pairs per task and language")
     p.set_defaults(run=lambda args: _run(args, open_checkpoint))
@@ -244,13 +248,15 @@ def _progress(out: TextIO) -> Callable[[int, int], None]:
 
 def _run(args: argparse.Namespace, open_checkpoint: OpenCheckpoint) -> int:
     examples = load_manifest(args.manifest)  # a bad manifest fails before a model is loaded
+    # The daemon's decode defaults (configs/daemon.toml [decode]), so the figures are what a daemon user gets.
+    settings = DEFAULT_SETTINGS if args.max_new_tokens is None else DecodeSettings(max_new_tokens=args.max_new_tokens)
     runner: Runner
     if args.checkpoint is not None:
-        runner = open_checkpoint(args.checkpoint, args.threads, args.max_new_tokens)
+        runner = open_checkpoint(args.checkpoint, args.threads, settings)
     else:
         from tympan.runtime.bundle import default_bundle
 
-        runner = BundleRunner(args.bundle or default_bundle(), args.threads, args.max_new_tokens)
+        runner = BundleRunner(args.bundle or default_bundle(), args.threads, settings)
     report = evaluate(runner, examples, args.limit, _progress(sys.stderr))
     if args.show:
         print(format_samples(report, args.show), end="\n\n")

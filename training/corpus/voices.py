@@ -10,7 +10,6 @@ Engines return float32 mono audio at 16 kHz. They are built lazily inside each w
 
 from __future__ import annotations
 
-import hashlib
 import importlib.resources
 import io
 import random
@@ -28,6 +27,7 @@ import numpy as np
 
 from tympan.atomic import atomic_directory
 from tympan.audio import resample
+from tympan.checksum import sha256_file
 from tympan.errors import TympanError
 from tympan.training.corpus.augment import sox_effects
 
@@ -202,14 +202,6 @@ class KokoroAssets:
     voices: Path  # .npz, one (510, 1, 256) table per English voice
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def kokoro_part_files() -> list[Path]:
     parts = []
     for package in KOKORO_PART_PACKAGES:
@@ -225,7 +217,7 @@ def verify_kokoro_model(path: Path) -> None:
     size = path.stat().st_size
     if size != KOKORO_MODEL_SIZE:
         raise VoiceAssetError(f"{path}: {size} bytes, expected {KOKORO_MODEL_SIZE} (Kokoro int8 model)")
-    digest = _sha256(path)
+    digest = sha256_file(path)
     if digest != KOKORO_MODEL_SHA256:
         raise VoiceAssetError(f"{path}: sha256 {digest}, expected {KOKORO_MODEL_SHA256} (Kokoro int8 model)")
 
@@ -276,7 +268,7 @@ def ensure_kokoro_voices(root: Path) -> Path:
         if proc.returncode != 0 or len(tarballs) != 1:
             raise VoiceAssetError(f"`npm pack {KOKORO_JS}` failed (exit {proc.returncode}): "
                                   f"{(proc.stderr or proc.stdout).strip()[-400:]}")
-        digest = _sha256(tarballs[0])
+        digest = sha256_file(tarballs[0])
         if digest != KOKORO_JS_SHA256:
             raise VoiceAssetError(f"{KOKORO_JS} tarball has sha256 {digest}, expected {KOKORO_JS_SHA256}")
         tables: dict[str, np.ndarray] = {}

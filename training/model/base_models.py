@@ -11,7 +11,6 @@ under `$TYMPAN_HOME/base/<name>`. A config names one as `checkpoint = "package:<
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import re
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from tympan.atomic import atomic_directory
+from tympan.checksum import sha256_file
 from tympan.config import tympan_home
 from tympan.errors import TympanError
 
@@ -108,17 +108,9 @@ def package_file(f: PackagedFile, pypi: str) -> Path:
     return path
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def verified(f: PackagedFile, pypi: str) -> Path:
     path = package_file(f, pypi)
-    digest = sha256(path)
+    digest = sha256_file(path)
     if f.sha256 and digest != f.sha256:
         raise BaseModelError(
             f"{path}: sha256 {digest} does not match the pinned {f.sha256}; the package was altered or is "

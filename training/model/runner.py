@@ -1,4 +1,4 @@
-"""A training checkpoint as evaluation runs it: unmerged LoRA, in PyTorch."""
+"""A training checkpoint as evaluation runs it: unmerged LoRA, in PyTorch, decoded as the daemon decodes."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ from pathlib import Path
 import numpy as np
 
 from tympan.manifest import Example
+from tympan.runtime.decode import DEFAULT_SETTINGS, DecodeSettings
 
 
 class CheckpointRunner:
-    """A training checkpoint (`SpeechLLM`), unmerged LoRA, in PyTorch."""
+    """A training checkpoint (`SpeechLLM`), unmerged LoRA, in PyTorch, decoded as `tympan.evaluate.BundleRunner`
+    decodes a bundle (by default with the daemon's limits and loop guard)."""
 
-    def __init__(self, path: Path, threads: int | None = None, max_new_tokens: int | None = None) -> None:
+    def __init__(self, path: Path, threads: int | None = None, settings: DecodeSettings = DEFAULT_SETTINGS) -> None:
         import torch
 
         from tympan.training.model.checkpoint import load_checkpoint
@@ -21,14 +23,14 @@ class CheckpointRunner:
             torch.set_num_threads(threads)
         self.model = load_checkpoint(path)
         self.sample_rate = self.model.encoder.sample_rate
-        self.max_new_tokens = max_new_tokens
+        self.settings = settings
 
     def instruction(self, ex: Example) -> str:
         return self.model.instruction(ex)
 
     def respond(self, audio: np.ndarray, instruction: str) -> str:
-        # SpeechLLM.respond's steps, with a token limit; stray bytes of a cut multi-byte character
-        # are dropped as the serving side drops them, so both sides print the same text.
+        # Stray bytes of a cut multi-byte character are dropped as the serving side drops them, so both sides
+        # print the same text.
         m = self.model
-        (tokens,) = m.generate(m.project(m.encode([audio])), [instruction], self.max_new_tokens)
-        return m.decode(tokens).replace("\ufffd", "").strip()
+        (speech,) = m.project(m.encode([audio]))
+        return m.decode(m.greedy(speech, instruction, self.settings).tokens).replace("\ufffd", "").strip()

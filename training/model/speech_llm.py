@@ -10,9 +10,11 @@ import torch
 from torch import nn
 
 from tympan.manifest import Example
+from tympan.runtime.decode import Decoded, DecodeSettings, greedy_decode
 from tympan.training.model.encoder import SpeechEncoder, encode_audio
 from tympan.training.model.projector import Projector
 from tympan.training.model.prompt import PromptBuilder
+from tympan.training.model.step_llm import CheckpointLLM
 from tympan.training.recipe import AugmentConfig, Recipe
 
 IGNORE = -100
@@ -98,7 +100,6 @@ class SpeechLLM(nn.Module):
         contents: Sequence[Content],
         instructions: Sequence[str],
         targets: Sequence[str] | None = None,
-        pad_left: bool = False,
     ) -> Assembled:
         """Build padded input embeddings (and labels masked on everything but the answer)."""
         rows: list[torch.Tensor] = []
@@ -122,10 +123,9 @@ class SpeechLLM(nn.Module):
         lab = torch.full((len(rows), width), IGNORE, dtype=torch.long, device=self.device)
         for i, (r, rl) in enumerate(zip(rows, labels, strict=True)):
             n = r.shape[0]
-            sl = slice(width - n, width) if pad_left else slice(0, n)
-            embeds[i, sl] = r
-            mask[i, sl] = 1
-            lab[i, sl] = torch.tensor(rl, dtype=torch.long, device=self.device)
+            embeds[i, :n] = r
+            mask[i, :n] = 1
+            lab[i, :n] = torch.tensor(rl, dtype=torch.long, device=self.device)
         return Assembled(embeds, mask, lab if targets is not None else None)
 
     def forward(
@@ -157,41 +157,22 @@ class SpeechLLM(nn.Module):
             logits[:, :-1].flatten(0, 1).float(), batch.labels[:, 1:].flatten(), ignore_index=IGNORE, reduction="sum"
         )
 
-    @torch.no_grad()
+    def greedy(self, content: Content, instruction: str, settings: DecodeSettings) -> Decoded:
+        """Greedy tokens through the runtime's decode loop, under `settings` and the config's own limit: the
+        tokens a bundle exported from this model gives (its prompt is spliced as `assemble` splices it)."""
+        llm = CheckpointLLM(self.llm)
+        ids = self.prompts.prompt(instruction)
+        body = (llm.embed(self.prompts.content_ids(content)) if isinstance(content, str)
+                else content.detach().to(llm.dtype).float().cpu().numpy())
+        embeds = np.concatenate([llm.embed(ids.prefix), body, llm.embed(ids.suffix)])
+        return greedy_decode(llm, embeds, self.prompts.stop_ids, settings.capped(self.cfg.prompt.max_new_tokens))
+
     def generate(
-        self,
-        contents: Sequence[Content],
-        instructions: Sequence[str],
-        max_new_tokens: int | None = None,
-        streamer=None,
+        self, contents: Sequence[Content], instructions: Sequence[str], max_new_tokens: int | None = None
     ) -> list[list[int]]:
-        """Greedy decoding; returns the new token ids of each row (stop token excluded)."""
-        batch = self.assemble(contents, instructions, pad_left=True)
-        stop = self.prompts.stop_ids
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else stop[0]
-        out = self.llm.generate(
-            inputs_embeds=batch.inputs_embeds,
-            attention_mask=batch.attention_mask,
-            max_new_tokens=max_new_tokens or self.cfg.prompt.max_new_tokens,
-            do_sample=False,
-            eos_token_id=stop,
-            pad_token_id=pad,
-            streamer=streamer,
-        )
-        rows = []
-        for seq in out.tolist():
-            tokens = []
-            for t in seq:
-                if t in stop:
-                    break
-                tokens.append(t)
-            rows.append(tokens)
-        return rows
+        """The model's own greedy tokens for each input (no loop guard; the stop token excluded)."""
+        settings = DecodeSettings.unguarded(max_new_tokens or self.cfg.prompt.max_new_tokens)
+        return [self.greedy(c, i, settings).tokens for c, i in zip(contents, instructions, strict=True)]
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
-
-    def respond(self, audios: Sequence[np.ndarray], instructions: Sequence[str]) -> list[str]:
-        """Audio in, text out: encode, project and decode greedily."""
-        contents = self.project(self.encode(audios))
-        return [self.decode(r) for r in self.generate(contents, instructions)]

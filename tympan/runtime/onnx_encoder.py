@@ -8,10 +8,12 @@ import numpy as np
 
 from tympan.audio import AudioError
 from tympan.features import feature_extractor
-from tympan.runtime.bundle import Bundle, BundleError
+from tympan.runtime.bundle import Bundle
+from tympan.runtime.bundle_manifest import BundleError
 
 
 def pad_features(features: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(time, dim) arrays -> zero-padded (batch, frames, dim) float32 and int64 lengths: the encoder graph's input."""
     lengths = np.array([f.shape[0] for f in features], dtype=np.int64)
     batch = np.zeros((len(features), int(lengths.max()), features[0].shape[1]), dtype=np.float32)
     for i, f in enumerate(features):
@@ -34,12 +36,12 @@ class OnnxEncoder:
                  file: str | None = None) -> None:
         import onnxruntime as ort
 
-        meta = bundle.manifest["encoder"]
-        self.features = feature_extractor(bundle.manifest["audio"]["features"])
+        meta = bundle.manifest.encoder
+        self.features = feature_extractor(bundle.manifest.audio.features)
         self.sample_rate = bundle.sample_rate
-        self.max_samples = int(meta["max_seconds"] * self.sample_rate)
-        self.embedding_dim = int(meta["embedding_dim"])
-        path = bundle.file(file or meta["file"])
+        self.max_samples = int(meta.max_seconds * self.sample_rate)
+        self.embedding_dim = meta.embedding_dim
+        path = bundle.file(file or meta.file)
         try:
             self.session = ort.InferenceSession(str(path), session_options(threads),
                                                 providers=providers or ["CPUExecutionProvider"])

@@ -10,13 +10,13 @@ class Prompts:
     def __init__(self, bundle: Bundle) -> None:
         from tokenizers import Tokenizer
 
-        meta = bundle.manifest["prompt"]
-        self.tokenizer = Tokenizer.from_file(str(bundle.file(meta["tokenizer"])))
-        self.templates: dict[str, dict[str, str]] = meta["instructions"]
-        self.frame: dict[str, str] = meta["frame"]
-        self.stop_ids: list[int] = meta["stop_ids"]
-        self.max_new_tokens: int = meta["max_new_tokens"]
-        self._before = self._encode(self.frame["before_content"])
+        meta = bundle.manifest.prompt
+        self.tokenizer = Tokenizer.from_file(str(bundle.file(meta.tokenizer)))
+        self.templates = meta.instructions
+        self.frame = meta.frame
+        self.stop_ids = meta.stop_ids
+        self.max_new_tokens = meta.max_new_tokens
+        self._before = self._encode(self.frame.before_content)
         self._cache: dict[str, list[int]] = {}
 
     def _encode(self, text: str) -> list[int]:
@@ -29,7 +29,7 @@ class Prompts:
         """(tokens before the speech, tokens after it) for this instruction."""
         suffix = self._cache.get(instruction)
         if suffix is None:
-            suffix = self._encode(self.frame["between"] + instruction + self.frame["after_instruction"])
+            suffix = self._encode(self.frame.between + instruction + self.frame.after_instruction)
             if len(self._cache) < 4096:
                 self._cache[instruction] = suffix
         return self._before, suffix

@@ -1,17 +1,19 @@
-"""The speech model a bundle serves: audio + instruction -> answer tokens, streamed.
+"""The speech model a bundle serves: audio + instruction -> answer tokens.
 
-encoder (ONNX) -> speech embeddings; prompt tokens embedded around them; LLM greedy decode.
+encoder (ONNX) -> speech embeddings; prompt tokens embedded around them; the runtime's greedy decode loop.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from tympan.runtime.bundle import Bundle, BundleError, load_bundle
-from tympan.runtime.llm import LLM, load_llm
+from tympan.runtime.bundle import Bundle, load_bundle
+from tympan.runtime.bundle_manifest import BundleError
+from tympan.runtime.decode import DEFAULT_SETTINGS, Decoded, DecodeSettings, StepLLM, greedy_decode
+from tympan.runtime.llm import load_llm
 from tympan.runtime.onnx_encoder import OnnxEncoder
 from tympan.runtime.prompt import Prompts
 
@@ -21,7 +23,7 @@ class SpeechModel:
         self.bundle = bundle
         self.encoder = OnnxEncoder(bundle, threads, file=encoder_file)
         self.prompts = Prompts(bundle)
-        self.llm: LLM = load_llm(bundle, threads)
+        self.llm: StepLLM = load_llm(bundle, threads)
         if self.llm.hidden_size != self.encoder.embedding_dim:
             raise BundleError(f"{bundle.path}: encoder gives {self.encoder.embedding_dim}-dim embeddings, "
                              f"the LLM takes {self.llm.hidden_size}")
@@ -41,10 +43,20 @@ class SpeechModel:
         before, after = self.prompts.ids(instruction)
         return np.concatenate([self.llm.embed(before), speech.astype(np.float32), self.llm.embed(after)])
 
-    def generate(self, speech: np.ndarray, instruction: str, max_new_tokens: int | None = None) -> Iterator[int]:
-        limit = max_new_tokens or self.prompts.max_new_tokens
-        yield from self.llm.generate(self.inputs(speech, instruction), limit, self.prompts.stop_ids)
+    def decode(
+        self,
+        speech: np.ndarray,
+        instruction: str,
+        settings: DecodeSettings = DEFAULT_SETTINGS,
+        *,
+        cancelled: Callable[[], bool] | None = None,
+        on_token: Callable[[Sequence[int]], None] | None = None,
+    ) -> Decoded:
+        """Greedy tokens for speech embeddings and an instruction, under `settings` and the bundle's own limit."""
+        return greedy_decode(self.llm, self.inputs(speech, instruction), self.prompts.stop_ids,
+                             settings.capped(self.prompts.max_new_tokens), cancelled=cancelled, on_token=on_token)
 
-    def respond(self, audio: np.ndarray, instruction: str, max_new_tokens: int | None = None) -> str:
+    def respond(self, audio: np.ndarray, instruction: str, settings: DecodeSettings = DEFAULT_SETTINGS) -> str:
+        """Audio in, text out, decoded as the daemon decodes (its default limits and loop guard)."""
         (speech,) = self.embed_audio([audio])
-        return self.prompts.decode(list(self.generate(speech, instruction, max_new_tokens)))
+        return self.prompts.decode(self.decode(speech, instruction, settings).tokens)
