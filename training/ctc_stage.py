@@ -90,9 +90,9 @@ def setup(cfg: Recipe, out: Path, examples: Sequence[Example], dev: Sequence[Exa
     `examples`: the training manifests' lines (speech lines with a transcript are trained on; the
     text of every line makes the vocabulary); `embeddings`: the LLM's input-embedding matrix."""
     stage_cfg = cfg.train.ctc
-    speech = [e for e in examples if e.is_speech and e.task in stage_cfg.tasks and e.text]
+    speech = [e for e in examples if e.is_speech and e.task in stage_cfg.tasks and e.transcript]
     if not speech:
-        raise CtcStageError("ctc stage: no speech examples with a transcript ('text') for tasks "
+        raise CtcStageError("ctc stage: no speech examples with a transcript for tasks "
                             + ", ".join(stage_cfg.tasks))
     stage_dir = out / "ctc"
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -100,11 +100,11 @@ def setup(cfg: Recipe, out: Path, examples: Sequence[Example], dev: Sequence[Exa
     if vocab_file.is_file():
         vocab = CtcVocab.load(vocab_file, len(tokenizer))
     else:
-        vocab = build_vocab(tokenizer, sorted({e.text for e in examples if e.text}))
+        vocab = build_vocab(tokenizer, sorted({t for e in examples if (t := e.transcript)}))
         vocab.save(vocab_file)
-    dev_examples = [e for e in dev if e.is_speech and e.task == "asr" and e.text]
+    dev_examples = [e for e in dev if e.is_speech and e.task == "asr" and e.transcript]
     wanted = {e.id: e for e in [*speech, *dev_examples]}
-    target_of = {i: targets(tokenizer, vocab, e.text or "") for i, e in wanted.items()}
+    target_of = {i: targets(tokenizer, vocab, e.transcript or "") for i, e in wanted.items()}
     speech = [e for e in speech if target_of[e.id]]
     model = new_bridge(cfg, encoder, vocab, embeddings)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=stage_cfg.lr,

@@ -41,6 +41,11 @@ class Example:
     def is_speech(self) -> bool:
         return self.audio is not None
 
+    @property
+    def transcript(self) -> str | None:
+        """What was said: `text`, or for ASR the target itself."""
+        return self.text or (self.target if self.task == "asr" else None)
+
     def as_text(self) -> Example:
         """The same example with its transcript as input instead of the audio."""
         assert self.text is not None
