@@ -30,7 +30,7 @@ log = logging.getLogger("tympan.engine")
 
 @dataclass(eq=False)
 class Job:
-    session_id: str
+    session_key: str  # the session's internal key (client-chosen session ids may repeat)
     segment_id: int
     kind: str  # "partial" | "final"
     audio: np.ndarray
@@ -79,24 +79,24 @@ class Engine:
     def submit(self, job: Job) -> None:
         with self._cv:
             if job.kind == "final":
-                self._finals.setdefault(job.session_id, []).append(job)
+                self._finals.setdefault(job.session_key, []).append(job)
                 # A final supersedes the pending partial of the same session, and preempts partials
                 # being decoded: under load, finals keep their latency and partials are shed.
-                self._partials.pop(job.session_id, None)
+                self._partials.pop(job.session_key, None)
                 for running in self._running:
                     if running.kind == "partial":
                         running.cancelled = True
             else:
-                old = self._partials.pop(job.session_id, None)
+                old = self._partials.pop(job.session_key, None)
                 if old is not None:
                     old.cancelled = True
-                self._partials[job.session_id] = job
+                self._partials[job.session_key] = job
             self._cv.notify()
 
-    def cancel_session(self, session_id: str) -> None:
+    def cancel_session(self, session_key: str) -> None:
         """Forget a session's partials (its finals still run: they may go to MQTT)."""
         with self._cv:
-            job = self._partials.pop(session_id, None)
+            job = self._partials.pop(session_key, None)
             if job is not None:
                 job.cancelled = True
 
@@ -159,7 +159,7 @@ class Engine:
             try:
                 text = self._decode(job, emb)
             except Exception:
-                log.exception("decoding failed (session %s, segment %d)", job.session_id, job.segment_id)
+                log.exception("decoding failed (session %s, segment %d)", job.session_key, job.segment_id)
                 self._deliver(job.on_done, "", {"error": "internal"})
                 continue
             work = time.perf_counter() - t1 + encode_s / len(batch)
@@ -191,7 +191,7 @@ class Engine:
         decoded = self.model.decode(speech, instruction, self.cfg, cancelled=lambda: job.cancelled,
                                     on_token=show if job.on_text is not None else None)
         if decoded.stop is Stop.LOOP:
-            log.info("session %s segment %d: output looped; cut", job.session_id, job.segment_id)
+            log.info("session %s segment %d: output looped; cut", job.session_key, job.segment_id)
         return prompts.decode(decoded.tokens)
 
     def _deliver(self, fn: Callable[..., None], *args: Any) -> None:

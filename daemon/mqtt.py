@@ -182,21 +182,6 @@ class MqttConfig:
 # --- the spool ---------------------------------------------------------------------------------------
 
 
-HERMES_TEXT_CAPTURED = "hermes/asr/textCaptured"
-
-
-def hermes_text_captured(final: dict[str, Any], site: str, session_id: str) -> bytes:
-    """A final as Hermes' textCaptured payload (camelCase, as Rhasspy's ASR services publish it).
-
-    tympan's model gives no confidence: `likelihood` is always 1.0. `seconds` is the utterance's
-    length; `lang` is the language of the text (the target language of a translation).
-    """
-    body = {"text": final.get("text", ""), "likelihood": 1.0,
-            "seconds": round(float(final.get("end", 0.0)) - float(final.get("start", 0.0)), 3),
-            "siteId": site, "sessionId": session_id, "lang": final.get("target_lang")}
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-
-
 class SpoolLockedError(TympanError, RuntimeError):
     """Another live process is using the same spool file."""
 
@@ -299,7 +284,8 @@ def _reap(task: asyncio.Future[Any]) -> None:
 class Publisher:
     """Publishes finals (durably, in order, at least once) and partials (best effort) for one daemon.
 
-    `publish_final` and `publish_partial` may be called from any thread once `start()` has returned.
+    `publish_final`, `publish_durably` (any other topic, e.g. Hermes', delivered as finals are) and
+    `publish_partial` may be called from any thread once `start()` has returned.
     With `mqtt.url` empty every method is a no-op and no spool is created.
     """
 
@@ -396,20 +382,23 @@ class Publisher:
         message_id = str(uuid.uuid4())
         if not self.enabled:
             return message_id
-        if self._spool is None or self._stopped:
-            raise RuntimeError("Publisher.publish_final called before start() or after stop()")
         topic = self._session_topic(session_id, "final")
         body = {**event, "site": self.cfg.site, "session_id": session_id, "message_id": message_id,
                 "time": _now_iso()}
         # Serialise before touching the spool: a bad event fails here, in the caller, not in the sender.
-        payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        self.publish_durably(topic, json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode())
+        return message_id
+
+    def publish_durably(self, topic: str, payload: bytes) -> None:
+        """Spool one message (QoS 1, at least once, in spool order, as finals are) and wake the sender."""
+        if not self.enabled:
+            return
+        if self._spool is None or self._stopped:
+            raise RuntimeError("Publisher: publishing before start() or after stop()")
         dropped = self._spool.push(topic, payload)
-        if self.cfg.hermes:
-            dropped += self._spool.push(HERMES_TEXT_CAPTURED, hermes_text_captured(event, self.cfg.site, session_id))
         self._call_in_loop(self._wake)
         if dropped:
             self._note_dropped(dropped)
-        return message_id
 
     def publish_partial(self, session_id: str, event: dict[str, Any]) -> None:
         """Publish a partial at QoS 0 if partials are on and we are connected; otherwise drop it."""

@@ -2,7 +2,8 @@
 
 Client -> server: a `start` text frame, then binary audio frames (mono, in the announced
 encoding), `config` between utterances, `stop` at the end. Server -> client: `ready`,
-`partial`, `final`, `error`, `done` (JSON text frames).
+`partial`, `final`, `error`, `done` (JSON text frames). codec_v1.py speaks it for a session;
+the Request and the errors defined here are every protocol's.
 """
 
 from __future__ import annotations

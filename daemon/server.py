@@ -1,5 +1,8 @@
-"""The daemon: websocket streaming at /v1/stream, /healthz and /metrics on the same port,
-MQTT publishing, systemd notification, and a draining shutdown on SIGTERM."""
+"""The daemon: websocket streaming at /v1/stream (and /vosk), /healthz and /metrics on the same port,
+MQTT publishing, systemd notification, and a draining shutdown on SIGTERM.
+
+Each websocket gets a Session (session.py) with the codec of its path; the daemon is the
+sessions' host (host.py): admission, the engine, and the sinks every final goes to (sinks.py)."""
 
 from __future__ import annotations
 
@@ -10,24 +13,34 @@ import logging
 import signal
 import ssl
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from websockets.asyncio.server import ServerConnection, serve
+
 from tympan.config import ConfigError
 from tympan.daemon import systemd
+from tympan.daemon.codec import Codec
+from tympan.daemon.codec_v1 import V1Codec
 from tympan.daemon.engine import Engine
+from tympan.daemon.host import AdmittedSession
 from tympan.daemon.metrics import Counter, CounterReading, Gauge, Histogram, Registry
 from tympan.daemon.mqtt import Publisher
 from tympan.daemon.protocol import ProtocolError, Request, error_event
+from tympan.daemon.session import Session
 from tympan.daemon.settings import DaemonConfig
+from tympan.daemon.sinks import FinalsMetrics, HermesSink, MqttSink, Sink
+from tympan.daemon.vosk import VOSK_PATH, VoskCodec
 from tympan.runtime.bundle import load_bundle
 from tympan.runtime.speech_model import SpeechModel
 
 log = logging.getLogger("tympan.daemon")
 STREAM_PATH = "/v1/stream"
+CODECS: dict[str, type[Codec]] = {STREAM_PATH: V1Codec, VOSK_PATH: VoskCodec}  # websocket path -> its protocol
 STATIC = Path(__file__).resolve().parent / "static"
 STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                 ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
@@ -47,12 +60,13 @@ class Daemon:
     def __init__(self, cfg: DaemonConfig, bundle_path: Path) -> None:
         self.cfg = cfg
         self.bundle_path = bundle_path
-        self.sessions: set[Any] = set()
-        self._lingering: set[Any] = set()
+        self.sessions: set[AdmittedSession] = set()
+        self._lingering: set[AdmittedSession] = set()
         self.connections = 0  # open websockets, started or not
-        self._tasks: set[asyncio.Future[Any]] = set()
+        self._tasks: set[asyncio.Future[None]] = set()
         self.draining = False
         self.publisher: Publisher | None = None
+        self.sinks: list[Sink] = []  # after each session's own client
         self.server: Any = None
         self._stop = asyncio.Event()
         self.started = time.monotonic()
@@ -79,11 +93,13 @@ class Daemon:
         self._metrics()
         self.engine.on_stats = self._on_stats
         self.engine.start()
+        self.sinks.append(FinalsMetrics(self.stats.finals, self.stats.latency))
         if self.cfg.mqtt.url:
             self.publisher = Publisher(self.cfg.mqtt)
             await self.publisher.start()
-        from websockets.asyncio.server import serve
-
+            self.sinks.append(MqttSink(self.publisher))
+            if self.cfg.mqtt.hermes:
+                self.sinks.append(HermesSink(self.publisher, self.cfg.mqtt.site))
         self.server = await serve(
             self._connection,
             self.cfg.server.host,
@@ -165,7 +181,7 @@ class Daemon:
             page = self._static(connection, url.path)
             if page is not None:
                 return page
-        if url.path not in self.protocols:
+        if url.path not in CODECS:
             return connection.respond(HTTPStatus.NOT_FOUND, f"no such path {url.path}; streaming is at {STREAM_PATH}\n")
         if self.draining:
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n")
@@ -218,7 +234,11 @@ class Daemon:
             raise ProtocolError("unsupported", f"this model was not trained for {request.task} into "
                                                f"{request.target_lang!r} (trained: {', '.join(trained)})")
 
-    def admit(self, session: Any) -> bool:
+    @property
+    def sample_rate(self) -> int:
+        return self.model.sample_rate
+
+    def admit(self, session: AdmittedSession) -> bool:
         """Take a session that has sent a valid `start`, unless at capacity or shutting down."""
         limits = self.cfg.limits
         if (self.draining or len(self.sessions) >= limits.max_sessions
@@ -228,54 +248,38 @@ class Daemon:
         self.stats.sessions_total.inc()
         return True
 
-    def release(self, session: Any) -> None:
+    def release(self, session: AdmittedSession) -> None:
         self.sessions.discard(session)
         if session.pending:
             # Its finals still decode, then go to MQTT; shutdown waits for them too.
             self._lingering.add(session)
             self.spawn(self._forget_when_idle(session))
 
-    def spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
+    def spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
         self._tasks.add(task)  # a reference, or the task may be collected mid-flight
         task.add_done_callback(self._tasks.discard)
 
-    async def _forget_when_idle(self, session: Any) -> None:
+    def count_utterance(self) -> None:
+        self.stats.utterances.inc()
+
+    async def _forget_when_idle(self, session: AdmittedSession) -> None:
         await session.idle.wait()
         self._lingering.discard(session)
 
-    @property
-    def protocols(self) -> dict[str, type]:
-        """Websocket paths and the session class that speaks each one's protocol."""
-        from tympan.daemon.session import StreamSession
-        from tympan.daemon.vosk import VOSK_PATH, VoskSession
-
-        return {STREAM_PATH: StreamSession, VOSK_PATH: VoskSession}
-
-    async def _connection(self, websocket: Any) -> None:
+    async def _connection(self, websocket: ServerConnection) -> None:
         if self.draining:
             await websocket.send(error_event("overloaded", "the server is shutting down"))
             await websocket.close(1001, "shutting down")
             return
-        session_class = self.protocols[urlsplit(websocket.request.path).path]
-        session = session_class(self, websocket)
+        assert websocket.request is not None  # the handshake is done
+        session = Session(self, websocket, CODECS[urlsplit(websocket.request.path).path]())
         self.connections += 1
         try:
             await session.run()
         finally:
             self.connections -= 1
             self.sessions.discard(session)
-
-    # -- results -----------------------------------------------------------------------------------
-
-    def publish_final(self, session_id: str, fields: dict[str, Any]) -> None:
-        self.stats.finals.inc()
-        if self.publisher is not None:
-            self.publisher.publish_final(session_id, fields)
-
-    def publish_partial(self, session_id: str, fields: dict[str, Any]) -> None:
-        if self.publisher is not None and self.cfg.mqtt.partials:
-            self.publisher.publish_partial(session_id, fields)
 
     # -- shutdown ----------------------------------------------------------------------------------
 
@@ -302,7 +306,7 @@ class Daemon:
             try:
                 await asyncio.wait_for(s.idle.wait(), left)
             except TimeoutError:
-                log.warning("drain timeout: session %s still had %d utterances", s.id, len(s.pending))
+                log.warning("drain timeout: session %s still had %d utterances", s.id, s.pending)
         for session in list(self.sessions):
             with contextlib.suppress(Exception):  # already gone, or not reading
                 await asyncio.wait_for(session.close(1001, "server shutting down"), 5)

@@ -42,8 +42,11 @@ Errors: vosk-server has no error message, so errors close the connection with a 
 JSON, a text message that is neither config nor eof, a bad `sample_rate` or `max_alternatives`
 (1008); a binary frame with an odd number of bytes (1003); a frame over
 `limits.max_frame_bytes` (1009); at capacity (1013); no first message within
-`limits.start_timeout_s`, idle for `limits.idle_timeout_s` or past `limits.max_session_s` (1008).
-Other sessions are not affected.
+`limits.start_timeout_s`, idle for `limits.idle_timeout_s` or past `limits.max_session_s` (1008);
+finals the model has not decoded for `limits.idle_timeout_s` while the client waits to send more
+(1011). Other sessions are not affected.
+
+This module is the protocol's codec (codec.py) over tympan's protocol-neutral session (session.py).
 """
 
 from __future__ import annotations
@@ -58,14 +61,16 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from tympan.daemon.codec import DONE, Closing, Codec
+from tympan.daemon.events import Audio, Command, Done, End, Endpoint, Error, Event, Final, Lost, Open, Partial, Shutdown
 from tympan.daemon.protocol import MAX_RATE, MIN_RATE, ProtocolError, Request, decode_audio
-from tympan.daemon.session import Closing, StreamSession
 
 log = logging.getLogger("tympan.vosk")
 
 VOSK_PATH = "/vosk"
 DEFAULT_RATE = 8000  # vosk-server's default sample rate (VOSK_SAMPLE_RATE)
 FINAL_WAIT_S = 5.0  # at most this long an answer waits for the final of an utterance that has ended
+ASR = Request(task="asr", target_lang="en")  # the one task of a Vosk client
 
 
 def _reason(text: str) -> str:
@@ -110,141 +115,41 @@ class VoskConfig:
             self.max_alternatives = int(n)
 
 
-class VoskSession(StreamSession):
-    """vosk-server's request/response rhythm over tympan's segmentation, engine and finals."""
+class VoskCodec(Codec):
+    """vosk-server's request/response rhythm: finals are held for the answer to the next audio frame."""
 
-    def __init__(self, daemon: Any, websocket: Any) -> None:
-        super().__init__(daemon, websocket)
+    name = "vosk"
+    final_wait_s = FINAL_WAIT_S
+
+    def __init__(self) -> None:
         self.vosk = VoskConfig()
+        self.session_id = ""  # chosen here, with the first frame: vosk clients name no session
         self.streaming = False  # the first audio frame fixes the configuration
         self.results: list[tuple[int, str]] = []  # finals not yet delivered: (segment_id, text)
-        self.hypotheses: dict[int, str] = {}  # newest partial text of each live segment
-        self.result_ready = asyncio.Event()
-        self.first: tuple[str | bytes, str] | None = None  # the frame read by _start, handled by _loop
+        self.hypotheses: dict[int, str] = {}  # newest partial text of each utterance going on
+        self.owed: set[int] = set()  # utterances that have ended and whose final has not come yet
+        self.settled = asyncio.Event()  # set when a final comes, or an owed utterance is lost
 
-    # -- tympan's results, held for the next answer ------------------------------------------------
+    # -- the client's frames ------------------------------------------------------------------------
 
-    def partial_message(self, fields: dict[str, Any]) -> None:
-        self.hypotheses[fields["segment_id"]] = fields["text"]
-        return None  # nothing is pushed: partials go out as answers to audio frames
+    def parse(self, frame: str | bytes) -> list[Command]:
+        """The first frame, whatever it is (a config, audio or eof: vosk clients get no greeting), opens the session."""
+        opening = not self.session_id
+        if opening:
+            self.session_id = f"vosk-{uuid.uuid4().hex[:12]}"
+        commands = self._audio(frame) if isinstance(frame, bytes) else self._text(frame)
+        return [Open(ASR, self.session_id), *commands] if opening else commands
 
-    def final_message(self, fields: dict[str, Any]) -> None:
-        self.results.append((fields["segment_id"], fields["text"]))
-        self.hypotheses.pop(fields["segment_id"], None)
-        self.result_ready.set()
-        return None
-
-    def send(self, message: str | None, droppable: bool = False) -> None:
-        """tympan's own events (ready, error, done) have no place in this protocol: only answers go out."""
-        if message is not None:
-            log.warning("session %s: not sent to the Vosk client: %s", self.id, message)
-
-    def _answer(self, obj: dict[str, Any]) -> None:
-        StreamSession.send(self, json.dumps(obj, ensure_ascii=False))
-
-    def _result(self, text: str) -> dict[str, Any]:
-        if self.vosk.max_alternatives > 0:
-            return {"alternatives": [{"text": text, "confidence": 1.0}]}
-        return {"text": text}
-
-    def _waiting_for_final(self) -> bool:
-        """An utterance has ended (the endpoint decided) and its final is not out yet."""
-        return any(u.confirmed for u in self.utterances.values())
-
-    def _next_result(self, force: bool = False) -> str | None:
-        """The oldest undelivered final, unless an older ended utterance is still being decoded."""
-        if not self.results:
-            return None
-        first = min(self.results)
-        if not force and any(u.confirmed and u.segment_id < first[0] for u in self.utterances.values()):
-            return None
-        self.results.remove(first)
-        return first[1]
-
-    def _hypothesis(self) -> str:
-        for seg in sorted(self.hypotheses):
-            if seg in self.utterances:
-                return self.hypotheses[seg]
-            del self.hypotheses[seg]  # finished or dropped
-        return ""
-
-    async def _await_finals(self, timeout: float, all_of_them: bool) -> None:
-        """Wait (bounded) for a final, or with `all_of_them` until no ended utterance is left undecoded."""
-        deadline = time.monotonic() + timeout
-        while self._waiting_for_final() and (all_of_them or not self.results):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                log.warning("session %s: finals still decoding after %.1f s; answering without them", self.id,
-                            timeout)
-                return
-            self.result_ready.clear()
-            # Also wakes up now and then: a failed decode forgets its utterance without a final.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.result_ready.wait(), min(left, 0.05))
-
-    # -- the protocol --------------------------------------------------------------------------------
-
-    async def _start(self) -> None:
-        """The first frame (a config, audio or eof; vosk clients get no greeting), then admission."""
-        self.request = Request(task="asr", target_lang="en")
+    def _audio(self, frame: bytes) -> list[Command]:
         try:
-            self.daemon.check_request(self.request)
+            samples = decode_audio(frame, "pcm_s16le")
         except ProtocolError as e:
-            raise Closing(1008, _reason(f"unsupported: {e}")) from None
-        frame = await self._recv(self.cfg.limits.start_timeout_s)
-        kind = "audio" if isinstance(frame, bytes) else self._text_message(frame)  # a bad one is refused here
-        if not self.daemon.admit(self):
-            raise Closing(1013, "overloaded: the server is at capacity; try again later")
-        self.admitted = True
-        self.id = f"vosk-{uuid.uuid4().hex[:12]}"
-        self.first = (frame, kind)
-
-    def _begin_audio(self) -> None:
-        from tympan.daemon.vad import Segmenter
-
+            raise Closing(1003, _reason(f"invalid audio: {e}")) from None
         self.streaming = True
-        rate, model_rate = self.vosk.sample_rate, self.daemon.model.sample_rate
-        if rate != model_rate:
-            import soxr
+        return [Audio(samples, self.vosk.sample_rate)]
 
-            self.resampler = soxr.ResampleStream(rate, model_rate, 1, dtype="float32")
-        self.segmenter = Segmenter(self.cfg.vad, model_rate)
-        log.info("session %s started (vosk, %d Hz pcm_s16le)", self.id, rate)
-
-    async def _loop(self) -> None:
-        limit = self.cfg.limits.max_session_s
-        while True:
-            if self.first is not None:
-                (frame, kind), self.first = self.first, None
-            else:
-                if time.monotonic() - self.started_at > limit:
-                    raise Closing(1008, f"session longer than {limit:g} s; start a new one")
-                await self.room.wait()  # backpressure, as on /v1/stream: finals pending beyond limits.session_backlog
-                frame = await self._recv(self.cfg.limits.idle_timeout_s)
-                kind = "audio" if isinstance(frame, bytes) else self._text_message(frame)
-            if isinstance(frame, bytes):
-                try:
-                    audio = decode_audio(frame, "pcm_s16le")
-                except ProtocolError as e:
-                    raise Closing(1003, _reason(f"invalid audio: {e}")) from None
-                if not self.streaming:
-                    self._begin_audio()
-                self._audio(audio)
-                await self._await_finals(FINAL_WAIT_S, all_of_them=False)
-                text = self._next_result()
-                self._answer(self._result(text) if text is not None else {"partial": self._hypothesis()})
-            elif kind == "eof":
-                await self._end_of_stream()
-                await self._await_finals(max(self.cfg.limits.idle_timeout_s, FINAL_WAIT_S), all_of_them=True)
-                texts = []
-                while (text := self._next_result(force=True)) is not None:
-                    texts.append(text)
-                for text in texts or [""]:
-                    self._answer(self._result(text))
-                raise Closing(1000, "eof")
-
-    def _text_message(self, frame: str) -> str:
-        """A config (applied before the audio) or "eof"; anything else ends the session."""
+    def _text(self, frame: str) -> list[Command]:
+        """A config (applied before the audio) or eof; anything else ends the session."""
         try:
             message = json.loads(frame)
         except json.JSONDecodeError as e:
@@ -258,19 +163,91 @@ class VoskSession(StreamSession):
             if not isinstance(changes, dict):
                 raise Closing(1008, "'config' must be a JSON object")
             if self.streaming:
-                log.info("session %s: config after the audio started ignored (as vosk-server does)", self.id)
-                return "config"
+                log.info("session %s: config after the audio started ignored (as vosk-server does)", self.session_id)
+                return []
             try:
                 self.vosk.update(changes)
             except ValueError as e:
                 raise Closing(1008, _reason(f"bad config: {e}")) from None
-            return "config"
+            return []
         if message.get("eof"):
-            return "eof"
+            return [End()]
         raise Closing(1008, 'unknown text message: send {"config": {...}} or {"eof": 1}')
 
-    async def close(self, code: int, reason: str) -> None:
-        """Shutdown: finals decoded since the last answer still reach the client before the close."""
-        while (text := self._next_result(force=True)) is not None:
-            self._answer(self._result(text))
-        await super().close(code, reason)
+    # -- the session's events: held for the next answer -------------------------------------------------
+
+    def render(self, event: Event) -> list[str]:
+        if isinstance(event, Partial):
+            self.hypotheses[event.segment_id] = event.text
+        elif isinstance(event, Endpoint):
+            self.owed.add(event.segment_id)
+        elif isinstance(event, Final):
+            self.results.append((event.segment_id, event.text))
+            self._settle(event.segment_id)
+        elif isinstance(event, Lost):
+            self._settle(event.segment_id)
+        elif isinstance(event, Error):
+            log.warning("session %s: not sent to the Vosk client: %s", self.session_id, event.message)
+        elif isinstance(event, Done):
+            # After eof: every final left (the wait for them is over), or vosk's empty result.
+            return [self._result(text) for text in self._all_results() or [""]]
+        elif isinstance(event, Shutdown):
+            # Finals decoded since the last answer still reach the client before the close.
+            return [self._result(text) for text in self._all_results()]
+        return []
+
+    def _settle(self, segment_id: int) -> None:
+        self.owed.discard(segment_id)
+        self.hypotheses.pop(segment_id, None)
+        self.settled.set()
+
+    async def answer(self) -> list[str]:
+        """The oldest final not yet delivered (waiting for one that is owed, bounded), else the hypothesis."""
+        await self._await_final()
+        text = self._next_result()
+        if text is not None:
+            return [self._result(text)]
+        hypothesis = self.hypotheses[min(self.hypotheses)] if self.hypotheses else ""
+        return [json.dumps({"partial": hypothesis}, ensure_ascii=False)]
+
+    async def _await_final(self) -> None:
+        deadline = time.monotonic() + FINAL_WAIT_S
+        while self.owed and not self.results:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.warning("session %s: finals still decoding after %.1f s; answering without them",
+                            self.session_id, FINAL_WAIT_S)
+                return
+            self.settled.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.settled.wait(), left)
+
+    def _next_result(self) -> str | None:
+        """The oldest undelivered final, unless an older utterance that has ended is still being decoded."""
+        if not self.results:
+            return None
+        first = min(self.results)
+        if any(segment_id < first[0] for segment_id in self.owed):
+            return None
+        self.results.remove(first)
+        return first[1]
+
+    def _all_results(self) -> list[str]:
+        texts = [text for _, text in sorted(self.results)]
+        self.results.clear()
+        return texts
+
+    def _result(self, text: str) -> str:
+        if self.vosk.max_alternatives > 0:
+            return json.dumps({"alternatives": [{"text": text, "confidence": 1.0}]}, ensure_ascii=False)
+        return json.dumps({"text": text}, ensure_ascii=False)
+
+    def farewell(self, closing: Closing) -> tuple[list[str], str]:
+        """vosk-server has no error message: the close reason says what was wrong."""
+        if closing.reason == DONE:
+            return [], "eof"
+        e = closing.error
+        if e is None or e.code == "internal":
+            return [], closing.reason
+        # A request the model or the server refuses (unsupported, overloaded) names its code.
+        return [], _reason(str(e) if e.code == "bad_request" else f"{e.code}: {e}")

@@ -1,0 +1,123 @@
+"""What passes between a session and its codec, in no protocol's words.
+
+Commands come from the client (a codec parses its frames into them): `Open` first, then
+`Configure`, `Audio` and `End` in any order. Events go to the client (a codec renders them into
+its frames); `Partial` and `Final` go to every sink (sinks.py) as well.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tympan.daemon.protocol import ErrorCode, Request
+
+# -- commands: client -> session ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Open:
+    """Start the session (the daemon may refuse it): its request, and the client's id for it, if any."""
+
+    request: Request
+    session_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Configure:
+    """Change the request for the utterances that start from now on.
+
+    `update` maps the current request to the new one, by the protocol's rules; it raises
+    ProtocolError for a change that is not allowed (the session goes on with its request)."""
+
+    update: Callable[[Request], Request]
+
+
+@dataclass(frozen=True, eq=False)
+class Audio:
+    """Mono float32 samples at `sample_rate`; the first Audio of a session fixes the rate."""
+
+    samples: np.ndarray
+    sample_rate: int
+
+
+@dataclass(frozen=True)
+class End:
+    """The audio is over: end the open utterance, wait for the finals, say Done."""
+
+
+Command = Open | Configure | Audio | End
+
+# -- events: session -> client (and sinks) ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ready:
+    session_id: str
+    request: Request
+    model: dict[str, Any]  # what the bundle is and can do (JSON)
+    limits: dict[str, Any]  # the limits a client must respect (JSON)
+
+
+@dataclass(frozen=True)
+class Partial:
+    """The newest hypothesis of an utterance still going on; its first `stable_len` characters stay."""
+
+    segment_id: int
+    seq: int
+    text: str
+    stable_len: int
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
+class Final:
+    """The text of an utterance (may be empty: one was heard, nothing recognised). `end` is the end of
+    speech; `latency_ms` runs from its arrival to this final (None when the arrival is not known)."""
+
+    segment_id: int
+    text: str
+    task: str
+    target_lang: str
+    start: float
+    end: float
+    latency_ms: int | None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Utterance `segment_id` has ended: its Final follows, unless it is Lost."""
+
+    segment_id: int
+
+
+@dataclass(frozen=True)
+class Lost:
+    """Utterance `segment_id` ends without a Final: the gate dropped it, or its decode failed."""
+
+    segment_id: int
+
+
+@dataclass(frozen=True)
+class Error:
+    code: ErrorCode
+    message: str
+
+
+@dataclass(frozen=True)
+class Done:
+    """After End: every final is out (or the wait for them gave up); the session closes."""
+
+    session_id: str
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    """The daemon is shutting down: the session closes once what is queued for the client is sent."""
+
+
+Event = Ready | Partial | Final | Endpoint | Lost | Error | Done | Shutdown

@@ -1,0 +1,197 @@
+"""One utterance from its start to its final: speculate at a pause, confirm at the endpoint.
+
+The final is decoded speculatively once speech pauses (vad.pause_ms), on the audio up to the
+pause. Speech that resumes throws the speculation away. An endpoint (vad.silence_ms of silence)
+with no more speech confirms it: its text goes out as soon as it is decoded, so latency runs from
+the end of speech, not from the endpoint. An endpoint after more speech decodes the whole
+utterance anew. Nothing of a final decode is shown before it is confirmed (it may be thrown
+away); once confirmed, its text so far streams as partials. Decodes of the growing utterance
+(every decode.partial_interval_ms) give partials until the endpoint; every partial passes local
+agreement and is numbered (seq).
+
+    LISTENING    --pause-->     SPECULATING  a final decode of the audio up to the pause
+    SPECULATING  --decoded-->   SPECULATED   its text waits for the endpoint
+    SPECULATING,
+    SPECULATED   --pause-->     SPECULATING  a newer speculation replaces it
+                 --resume-->    LISTENING    the speculation is cancelled or thrown away
+    LISTENING,
+    SPECULATING  --endpoint-->  CONFIRMED    the speculation if it covers all the speech, else a new decode
+    SPECULATED   --endpoint-->  FINAL        its text is the final, at once
+    CONFIRMED    --decoded-->   FINAL
+    SPECULATING,
+    CONFIRMED    --failed-->    FAILED       the decode failed: no final
+    open         --drop-->      DROPPED      the gate took it back (open: before the endpoint)
+
+Results reach the session through its Owner; decodes go to the engine as Jobs, whose callbacks
+drive the transitions `decoded` and `failed`. Results of a cancelled or replaced decode are ignored.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Protocol
+
+import numpy as np
+
+from tympan.daemon.engine import Job
+from tympan.daemon.events import Final, Partial
+from tympan.daemon.protocol import Request
+from tympan.daemon.text import LocalAgreement
+
+
+class State(enum.Enum):
+    LISTENING = "listening"
+    SPECULATING = "speculating"
+    SPECULATED = "speculated"
+    CONFIRMED = "confirmed"
+    FINAL = "final"
+    FAILED = "failed"
+    DROPPED = "dropped"
+
+
+OPEN = frozenset({State.LISTENING, State.SPECULATING, State.SPECULATED})  # before the endpoint
+DECODING = frozenset({State.SPECULATING, State.SPECULATED, State.CONFIRMED})  # a final decode runs or waits
+RUNNING = frozenset({State.SPECULATING, State.CONFIRMED})  # a final decode runs
+
+
+class Owner(Protocol):
+    """What an utterance needs from its session."""
+
+    def submit(self, job: Job) -> None: ...
+
+    def latency_ms(self, speech_end: float) -> int | None:
+        """Milliseconds since the audio up to `speech_end` arrived, if known."""
+        ...
+
+    def partial(self, partial: Partial) -> None: ...
+
+    def final(self, final: Final) -> None: ...
+
+    def failed(self, segment_id: int) -> None:
+        """The final's decode failed: the utterance is over without a final."""
+
+
+class TransitionError(RuntimeError):
+    """An event the segmenter cannot send in this state: a bug, not bad input."""
+
+
+class Utterance:
+    def __init__(self, key: str, segment_id: int, request: Request, start: float, owner: Owner) -> None:
+        self.key = key  # the session's engine key
+        self.segment_id = segment_id
+        self.request = request  # the request current when it started: later config messages do not change it
+        self.start = start
+        self.owner = owner
+        self.state = State.LISTENING
+        self.decode: Job | None = None  # the final's decode: a speculation, or the confirmed one
+        self.decode_end: float | None = None  # the end of speech that decode covers
+        self.decoded_text: str | None = None  # a finished speculation's text, waiting for the endpoint
+        self.streamed = ""  # the final decode's text so far, shown once confirmed
+        self.speech_end = 0.0  # known at the endpoint
+        self.agreement = LocalAgreement(request.target_lang)
+        self.seq = 0
+        self.partial_samples = 0  # length of the audio the last partial decode had
+
+    @property
+    def decoding(self) -> bool:
+        """A final decode runs, or its text waits to go out."""
+        return self.state in DECODING
+
+    # -- the segmenter's events ---------------------------------------------------------------------
+
+    def pause(self, audio: np.ndarray, speech_end: float) -> None:
+        self._expect(OPEN, "pause")
+        self._decode_final(audio, speech_end)
+
+    def resume(self) -> None:
+        self._expect(OPEN, "resume")
+        self._cancel()
+        self.state = State.LISTENING
+
+    def endpoint(self, audio: np.ndarray, speech_end: float) -> None:
+        self._expect(OPEN, "endpoint")
+        self.speech_end = speech_end
+        if self.decode is None or self.decode_end != speech_end:
+            self._decode_final(audio, speech_end)  # speech went on after the pause, or there was none
+        text = self.decoded_text
+        self.state = State.CONFIRMED
+        if self.streamed:
+            self._show(self.streamed, speech_end)
+        if text is not None:
+            self._finish(text)
+
+    def drop(self) -> None:
+        self._expect(OPEN, "drop")
+        self._cancel()
+        self.state = State.DROPPED
+
+    # -- partial decodes --------------------------------------------------------------------------------
+
+    def maybe_partial(self, audio: np.ndarray, end: float, interval: int) -> None:
+        """Decode the audio so far (it ends `end` s into the stream) for a partial, if `interval` samples came since
+        the last one and the endpoint has not come yet."""
+        if self.state not in OPEN or len(audio) - self.partial_samples < interval:
+            return
+        self.partial_samples = len(audio)
+        self.owner.submit(Job(self.key, self.segment_id, "partial", audio.copy(), self.request,
+                              on_done=lambda text, stats: self._partial_decoded(text, end)))
+
+    def _partial_decoded(self, text: str, end: float) -> None:
+        if self.state in OPEN and text:
+            self._show(text, end)
+
+    # -- the final's decode ---------------------------------------------------------------------------
+
+    def _decode_final(self, audio: np.ndarray, speech_end: float) -> None:
+        self._cancel()
+        job = Job(self.key, self.segment_id, "final", audio.copy(), self.request,
+                  on_done=lambda text, stats: self._decoded(job, text, stats),
+                  on_text=lambda text: self._decoding(job, text))
+        self.decode, self.decode_end, self.streamed = job, speech_end, ""
+        self.state = State.SPECULATING
+        self.owner.submit(job)
+
+    def _cancel(self) -> None:
+        if self.decode is not None:
+            self.decode.cancelled = True
+        self.decode = self.decode_end = self.decoded_text = None
+
+    def _current(self, job: Job) -> bool:
+        """`job` is the final's decode, and still running."""
+        return job is self.decode and not job.cancelled and self.state in RUNNING
+
+    def _decoding(self, job: Job, text: str) -> None:
+        if not self._current(job):
+            return
+        self.streamed = text
+        if self.state is State.CONFIRMED:
+            self._show(text, self.speech_end)
+
+    def _decoded(self, job: Job, text: str, stats: dict[str, Any]) -> None:
+        if not self._current(job):
+            return
+        if stats.get("error"):
+            self.state = State.FAILED
+            self.owner.failed(self.segment_id)
+        elif self.state is State.CONFIRMED:
+            self._finish(text)
+        else:
+            self.decoded_text = text
+            self.state = State.SPECULATED
+
+    # -- results ----------------------------------------------------------------------------------------
+
+    def _show(self, hypothesis: str, end: float) -> None:
+        text, stable = self.agreement.update(hypothesis)
+        self.seq += 1
+        self.owner.partial(Partial(self.segment_id, self.seq, text, stable, round(self.start, 3), round(end, 3)))
+
+    def _finish(self, text: str) -> None:
+        self.state = State.FINAL
+        # Sent even when empty (as Vosk does): an utterance was heard, nothing was recognised.
+        self.owner.final(Final(self.segment_id, text, self.request.task, self.request.target_lang,
+                               round(self.start, 3), round(self.speech_end, 3), self.owner.latency_ms(self.speech_end)))
+
+    def _expect(self, states: frozenset[State], event: str) -> None:
+        if self.state not in states:
+            raise TransitionError(f"utterance {self.segment_id}: {event} while {self.state.value}")
