@@ -254,6 +254,10 @@ def test_ctc_stage_learns_and_resumes_exactly(tiny_cfg, tmp_path) -> None:
     a = load_file(str(tmp_path / "a" / "ctc" / "final" / "projector.safetensors"))
     b = load_file(str(tmp_path / "b" / "ctc" / "final" / "projector.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    from tympan.training.simulate import ErrorProfile
+
+    errors = ErrorProfile.load(tmp_path / "a" / "ctc" / "final" / "errors.json")
+    assert 0 <= errors.substitution <= 1 and 0 <= errors.deletion <= 1 and 0 < errors.peak_mean <= 1
 
 
 def test_other_stages_over_the_bridge_are_refused_with_a_reason(tiny_cfg, tmp_path) -> None:

@@ -7,8 +7,8 @@ step loop, with checkpoints every `train.save_every` steps and a greedy-CTC WER 
 `train.eval_every`), `save`.
 
 Layout under OUT/ctc/: `vocab.json` (the scored LLM token ids, built once from the training text),
-`step-NNNNNN/` (projector.safetensors, state.pt: optimizer, scheduler, step, RNG) and `final/`,
-`log.jsonl`.
+`step-NNNNNN/` (projector.safetensors, state.pt: optimizer, scheduler, step, RNG), `final/` (with
+`errors.json`: how the head errs on the dev set, for the text stage's simulation), `log.jsonl`.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from tympan.training.model.ctc import CtcBridge, ctc_loss_sum, greedy_ids
 from tympan.training.model.encoder import SpeechEncoder
 from tympan.training.model.speech_llm import mask_frames, pad_sequences
 from tympan.training.recipe import Recipe
+from tympan.training.simulate import ErrorProfile, measure
 
 
 class CtcStageError(TympanError, RuntimeError):
@@ -167,7 +168,7 @@ def train_step(stage: CtcStage, batch: Sequence[Example]) -> float:
     stage.optimizer.step()
     stage.scheduler.step()
     stage.step += 1
-    return float(loss)
+    return float(loss.detach())
 
 
 @torch.no_grad()
@@ -186,6 +187,29 @@ def dev_wer(stage: CtcStage, examples: Sequence[Example]) -> float:
     """WER (%) of greedy CTC against the transcripts, after Whisper's English normalisation."""
     hyps = transcribe(stage.model, stage.tokenizer, stage.vocab, [stage.cache.get(e) for e in examples])
     return scoring.wer([e.target for e in examples], hyps, scoring.normalize_english)
+
+
+@torch.no_grad()
+def error_profile(stage: CtcStage, examples: Sequence[Example]) -> ErrorProfile:
+    """How the head errs on `examples` (substitutions, deletions, insertions, confusions, the bridge's
+    peak weights): what the text stage's simulated inputs are drawn from (training/simulate.py)."""
+    stage.model.eval()
+    cfg = stage.cfg.projector
+    refs: list[list[int]] = []
+    hyps: list[list[int]] = []
+    peaks: list[float] = []
+    for i in range(0, len(examples), 16):
+        chunk = examples[i : i + 16]
+        padded, lengths = pad_sequences([stage.cache.get(e) for e in chunk])
+        logits, frames = stage.model.logits(padded, lengths)
+        hyps += greedy_ids(logits, frames)
+        refs += [stage.targets[e.id] for e in chunk]
+        probs = logits.float().softmax(-1)
+        top = probs[..., :-1].topk(min(cfg.top_k, stage.vocab.blank), dim=-1).values
+        valid = torch.arange(probs.shape[1])[None, :] < frames[:, None]
+        keep = (probs[..., -1] < cfg.blank_threshold) & valid
+        peaks += (top[..., 0] / top.sum(-1))[keep].tolist()
+    return measure(refs, hyps, peaks)
 
 
 def save(stage: CtcStage, path: Path, with_state: bool) -> None:
@@ -233,4 +257,9 @@ def fit(stage: CtcStage, until_step: int | None = None, say: Callable[[str], Non
                 break
     if stage.step >= cfg.train.ctc.steps:
         save(stage, stage.dir / "final", with_state=False)
+        profile = error_profile(stage, stage.dev or stage.train[:200])
+        profile.save(stage.dir / "final" / "errors.json")
+        say(f"ctc: error profile on {'dev' if stage.dev else 'training'} utterances: substitutions "
+            f"{profile.substitution:.3f}, deletions {profile.deletion:.3f}, insertions {profile.insertion:.3f}, "
+            f"peak {profile.peak_mean:.2f} +- {profile.peak_std:.2f}")
     return last_loss
