@@ -230,6 +230,7 @@ def describe(prep: Prepared, encoder_file: str, quantize: str | None, llm: Llm) 
             frames_per_second=model.encoder.frames_per_second,
             output_rate_hz=model.encoder.frames_per_second / cfg.projector.frame_average,
             embedding_dim=int(prep.embeddings[0].shape[1]),
+            bridge=cfg.projector.kind,
             inputs=INPUTS,
             outputs=OUTPUTS,
             quantization=quantize,

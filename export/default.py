@@ -20,12 +20,14 @@ TINY_CONFIG = ROOT / "configs" / "tiny.toml"
 
 
 def ensure_default_bundle(model: str | None = None) -> Path:
-    """Export the chosen shipped model (training the tiny one first), unless already there."""
-    from tympan.runtime.bundle_manifest import MANIFEST
+    """Export the chosen shipped model (training the tiny one first), unless already there in this
+    version's bundle format."""
+    from tympan.runtime.bundle import bundle_format
+    from tympan.runtime.bundle_manifest import FORMAT
 
     model = model or default_model()
     out = default_bundle_path(model)
-    if (out / MANIFEST).is_file():
+    if bundle_format(out) == FORMAT:
         return out
     from tympan.export.bundle import export_bundle
 

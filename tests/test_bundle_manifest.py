@@ -46,7 +46,7 @@ def _manifest() -> BundleManifest:
         source=Source(checkpoint="/run/joint/final", stage="joint", step=60, config={"prompt": {"max_new_tokens": 24}}),
         audio=Audio(sample_rate=16000, features={"type": "whisper_log_mel", "num_mel_bins": 80}),
         encoder=Encoder(file="encoder.onnx", fp32_file="encoder.onnx", kind="whisper", layer=0, max_seconds=30.0,
-                        frames_per_second=50.0, output_rate_hz=50 / 3, embedding_dim=64,
+                        frames_per_second=50.0, output_rate_hz=50 / 3, embedding_dim=64, bridge="dense",
                         inputs=["features", "lengths"], outputs=["embeddings", "embedding_lengths"]),
         llm=Llm(runtime="onnx", merged_lora=True, hidden_size=64, dir="llm_onnx", onnx=onnx),
         prompt=Prompt(tokenizer="tokenizer/tokenizer.json",
@@ -73,7 +73,9 @@ def test_a_manifest_survives_json_and_leaves_out_what_it_does_not_have() -> None
     (lambda d: d["llm"].update(runtme="onnx"), r"unknown key llm\.runtme"),
     (lambda d: d["llm"]["onnx"]["graph"].pop("file"), r"missing required key llm\.onnx\.graph\.file"),
     (lambda d: d["llm"]["onnx"].update(format_version=1), r"llm\.onnx: not a tympan-llm-onnx v2 description"),
-    (lambda d: d.update(format=2), r"bundle format 2; this tympan reads format 1"),
+    # A bundle of the format before the bridge kind was recorded: refused naming both versions.
+    (lambda d: d.update(format=1), r"bundle format 1; this tympan reads format 2"),
+    (lambda d: d["encoder"].pop("bridge"), "missing required key encoder.bridge"),
 ])
 def test_a_bad_manifest_is_refused_naming_the_key(change, message: str) -> None:
     data = copy.deepcopy(_manifest().to_json())

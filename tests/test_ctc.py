@@ -1,4 +1,4 @@
-"""The CTC bridge (training/model/ctc.py), its targets (training/ctc_targets.py) and spoken forms."""
+"""The CTC bridge (training/model/ctc.py), its targets (training/model/ctc_targets.py) and spoken forms."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from tympan.training.corpus.spoken import ctc_target, spoken_form
-from tympan.training.ctc_targets import CtcVocab, build_vocab, targets, text_of
+from tympan.spoken import ctc_target, spoken_form
 from tympan.training.model.ctc import CtcBridge, bridge, ctc_loss_sum, greedy_ids, stack_frames
+from tympan.training.model.ctc_targets import CtcVocab, build_vocab, targets, text_of
 from tympan.training.recipe import ProjectorConfig
 
 V, H = 10, 6
@@ -193,7 +193,7 @@ def test_vocab_and_targets_spell_unseen_words(tmp_path) -> None:
 
 
 def test_simulation_without_errors_is_the_token_embeddings() -> None:
-    from tympan.training.simulate import ErrorProfile, embed, simulate
+    from tympan.training.model.simulate import ErrorProfile, embed, simulate
 
     table = torch.randn(50, H)
     tokens = [3, 7, 7, 12]
@@ -203,7 +203,7 @@ def test_simulation_without_errors_is_the_token_embeddings() -> None:
 
 
 def test_simulated_error_rates_are_the_profile_s() -> None:
-    from tympan.training.simulate import ErrorProfile, align, measure, simulate
+    from tympan.training.model.simulate import ErrorProfile, align, measure, simulate
 
     assert align([1, 2, 3], [1, 9, 3, 4]) == [(1, 1), (2, 9), (3, 3), (None, 4)]
     assert align([1, 2, 3], [1, 3]) == [(1, 1), (2, None), (3, 3)]
@@ -254,14 +254,57 @@ def test_ctc_stage_learns_and_resumes_exactly(tiny_cfg, tmp_path) -> None:
     a = load_file(str(tmp_path / "a" / "ctc" / "final" / "projector.safetensors"))
     b = load_file(str(tmp_path / "b" / "ctc" / "final" / "projector.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    from tympan.training.simulate import ErrorProfile
+    from tympan.training.model.simulate import ErrorProfile
 
     errors = ErrorProfile.load(tmp_path / "a" / "ctc" / "final" / "errors.json")
     assert 0 <= errors.substitution <= 1 and 0 <= errors.deletion <= 1 and 0 < errors.peak_mean <= 1
 
 
-def test_other_stages_over_the_bridge_are_refused_with_a_reason(tiny_cfg, tmp_path) -> None:
-    from tympan.training.trainer import TrainError, train
+def test_all_stages_over_the_bridge_train_export_and_serve(tiny_cfg, toy_corpus, tmp_path) -> None:
+    """ctc -> lora (text as simulated bridge output) -> joint (LM + CTC loss): each stage learns; the
+    checkpoint exports to a bundle that serves the same tokens."""
+    from tympan.training.model.checkpoint import load_checkpoint
+    from tympan.training.model.ctc import CtcBridge
+    from tympan.training.recipe import StageConfig, replace
+    from tympan.training.trainer import train
 
-    with pytest.raises(TrainError, match="only the ctc stage"):
-        train(ctc_recipe(tiny_cfg, 5), "lora", tmp_path, show_progress=False)
+    cfg = ctc_recipe(tiny_cfg, 40)
+    cfg = replace(cfg, train=replace(cfg.train, lora=StageConfig(steps=20, lr=3e-3, tasks=["asr", "st", "sqa"]),
+                                     joint=StageConfig(steps=20, lr=1e-3, lr_lora=1e-3, tasks=["asr", "st"])))
+    outcomes = train(cfg, "all", tmp_path, show_progress=False)
+    assert [o.stage for o in outcomes] == ["ctc", "lora", "joint"] and all(o.final for o in outcomes)
+    for stage in ("lora", "joint"):
+        log = [json.loads(x) for x in (tmp_path / stage / "log.jsonl").read_text().splitlines()]
+        losses = [r["loss"] for r in log if "loss" in r]
+        assert losses[-1] < losses[0], (stage, losses)
+    model = load_checkpoint(tmp_path / "joint" / "final")
+    assert isinstance(model.projector, CtcBridge)
+    # Text reaches the LLM as the bridge would give its spoken form: exactly the tokens' rows, when clean.
+    from tympan.training.model.ctc_targets import targets
+
+    assert model.vocab is not None
+    ids = targets(model.tokenizer, model.vocab, "two three")
+    torch.testing.assert_close(model.text_content("two three"), model.projector.table[ids])
+    # Exported and served: the bundle says which bridge it holds, verification passed (the ONNX graph's
+    # segments and the served tokens equal the checkpoint's), and a recording is answered.
+    from tympan.audio import load_audio
+    from tympan.export.bundle import export_bundle
+    from tympan.manifest import load_manifest
+    from tympan.runtime.decode import Stop
+    from tympan.runtime.speech_model import SpeechModel
+
+    export_bundle(tmp_path / "joint" / "final", tmp_path / "bundle")
+    served = SpeechModel.load(tmp_path / "bundle")
+    assert served.bundle.manifest.encoder.bridge == "ctc"
+    example = next(e for e in load_manifest(toy_corpus / "dev.jsonl") if e.is_speech and e.task == "asr")
+    assert example.audio is not None
+    audio = load_audio(example.audio, served.sample_rate)
+    instruction = served.prompts.instruction("asr", "en")
+    (speech,) = served.embed_audio([audio])
+    (checkpoint_speech,) = model.project(model.encode([audio]))
+    assert speech.shape == tuple(checkpoint_speech.shape)
+    assert served.decode(speech, instruction).tokens == model.generate([checkpoint_speech], [instruction])[0]
+    # A bridge that heard nothing: no decode, an empty answer, on both sides.
+    nothing = served.decode(speech[:0], instruction)
+    assert nothing.tokens == [] and nothing.stop is Stop.NOTHING_HEARD
+    assert model.generate([checkpoint_speech[:0]], [instruction]) == [[]]

@@ -13,7 +13,7 @@ from tympan.audio import load_audio
 from tympan.export import bundle as bundle_module
 from tympan.export.bundle import ExportError, export_bundle
 from tympan.runtime.bundle import load_bundle
-from tympan.runtime.bundle_manifest import BundleError
+from tympan.runtime.bundle_manifest import FORMAT, BundleError
 from tympan.runtime.decode import DecodeSettings
 from tympan.runtime.speech_model import SpeechModel
 from tympan.training.model.checkpoint import load_checkpoint
@@ -155,7 +155,7 @@ def test_corrupt_truncated_missing_and_unknown_bundles_are_refused(good_bundle: 
     load_bundle(b)  # whole again
     manifest = json.loads((b / "manifest.json").read_text())
     (b / "manifest.json").write_text(json.dumps({**manifest, "format": 99}))
-    with pytest.raises(BundleError, match="bundle format 99; this tympan reads format 1"):
+    with pytest.raises(BundleError, match=f"bundle format 99; this tympan reads format {FORMAT}"):
         load_bundle(b)
     (b / "manifest.json").write_text("{")
     with pytest.raises(BundleError, match=r"manifest\.json: not valid JSON"):

@@ -31,12 +31,12 @@ from tympan.atomic import atomic_directory
 from tympan.errors import TympanError
 from tympan.manifest import Example
 from tympan.training.cache import EncoderCache
-from tympan.training.ctc_targets import CtcVocab, build_vocab, targets, text_of
 from tympan.training.model.ctc import CtcBridge, ctc_loss_sum, greedy_ids
+from tympan.training.model.ctc_targets import CtcVocab, build_vocab, targets, text_of
 from tympan.training.model.encoder import SpeechEncoder
+from tympan.training.model.simulate import ErrorProfile, measure
 from tympan.training.model.speech_llm import mask_frames, pad_sequences
 from tympan.training.recipe import Recipe
-from tympan.training.simulate import ErrorProfile, measure
 
 
 class CtcStageError(TympanError, RuntimeError):
@@ -192,7 +192,7 @@ def dev_wer(stage: CtcStage, examples: Sequence[Example]) -> float:
 @torch.no_grad()
 def error_profile(stage: CtcStage, examples: Sequence[Example]) -> ErrorProfile:
     """How the head errs on `examples` (substitutions, deletions, insertions, confusions, the bridge's
-    peak weights): what the text stage's simulated inputs are drawn from (training/simulate.py)."""
+    peak weights): what the text stage's simulated inputs are drawn from (training/model/simulate.py)."""
     stage.model.eval()
     cfg = stage.cfg.projector
     refs: list[list[int]] = []

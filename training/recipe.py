@@ -139,6 +139,8 @@ class StageConfig:
     # Joint stage: also train on the manifests' text-only lines (the lora stage always does).
     # Off when text-only lines far outnumber speech and would crowd it out.
     text_lines: bool = True
+    # Joint stage with the CTC bridge: the CTC loss's weight beside the LM loss (Soundwave's 0.3).
+    ctc_weight: float = field(default=0.3, metadata=check(non_negative))
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ from tympan.training.model.checkpoint import (
     save_base,
     save_checkpoint,
 )
+from tympan.training.model.simulate import ErrorProfile
 from tympan.training.model.speech_llm import SpeechLLM
 from tympan.training.recipe import STAGES, Recipe, Stage
 from tympan.training.resume import STEP_PREFIX, rng_state, set_rng_state, step_dirs, truncate_log
@@ -248,9 +249,6 @@ class Trainer:
         assert stage in (*STAGES, "ctc")
         if stage == "ctc":
             return self._run_ctc(until_step)
-        if self.cfg.projector.kind == "ctc":
-            raise TrainError(f"{stage} stage: with projector.kind = \"ctc\" only the ctc stage is built so far; "
-                             "the text and joint stages over the bridge are not (see the README)")
         final = self.out / stage / "final"
         if (final / "checkpoint.json").is_file():
             self._say(f"[{stage}] already finished: {final}")
@@ -337,6 +335,11 @@ class Trainer:
                                adapter_dir=adapter_dir, trainable=True)
         model.projector.requires_grad_("projector" in trained)
         model.encoder.requires_grad_(False)
+        if self.cfg.projector.kind == "ctc" and proj_init is not None:
+            errors = proj_init / "errors.json"
+            if errors.is_file():  # how the head errs: what the text's simulated bridge inputs imitate
+                model.errors = ErrorProfile.load(errors)
+            model.ctc_weight = self.cfg.stage(stage).ctc_weight if stage == "joint" else 0.0
         model.to(self.acc.device)
         model.train()
         model.encoder.eval()
@@ -346,27 +349,35 @@ class Trainer:
 
     def _init_paths(self, stage: str, init: dict[str, Path | None]) -> tuple[Path | None, Path | None]:
         """(projector checkpoint, lora checkpoint) the stage starts from."""
+        if self.cfg.projector.kind == "ctc" and stage in ("lora", "joint"):
+            # The bridge comes from the ctc stage (frozen in the lora stage: it only defines what text
+            # looks like there); LoRA from the lora stage, for the joint one.
+            bridge = init.get("projector") or self.out / "ctc" / "final"
+            if not (bridge / "projector.safetensors").is_file():
+                raise TrainError(f"{stage} stage needs a finished ctc stage: {bridge} has no projector.safetensors")
+            return bridge, (self._finished("lora", init) if stage == "joint" else None)
         if stage != "joint":
             return None, None
-        paths = []
-        for part in ("projector", "lora"):
-            p = init.get(part) or self.out / part / "final"
-            try:
-                meta = read_meta(p)
-            except Exception as e:
-                raise TrainError(f"joint stage needs a finished {part} stage: {e}") from None
-            if part not in meta["trained"]:
-                raise TrainError(f"{p}: this checkpoint has no trained {part}")
-            try:
-                check_base(p / "base", self.cfg)
-            except CheckpointError as e:
-                raise TrainError(f"{part} checkpoint {p}: {e}") from None
-            if part == "projector":
-                diff = first_difference(to_dict(read_config(p).projector), to_dict(self.cfg.projector), "projector")
-                if diff:
-                    raise TrainError(f"projector checkpoint {p} has another projector ({diff})")
-            paths.append(p)
-        return paths[0], paths[1]
+        return self._finished("projector", init), self._finished("lora", init)
+
+    def _finished(self, part: str, init: dict[str, Path | None]) -> Path:
+        """The final checkpoint of an earlier stage that trained `part`, checked against this config."""
+        p = init.get(part) or self.out / part / "final"
+        try:
+            meta = read_meta(p)
+        except Exception as e:
+            raise TrainError(f"joint stage needs a finished {part} stage: {e}") from None
+        if part not in meta["trained"]:
+            raise TrainError(f"{p}: this checkpoint has no trained {part}")
+        try:
+            check_base(p / "base", self.cfg)
+        except CheckpointError as e:
+            raise TrainError(f"{part} checkpoint {p}: {e}") from None
+        if part == "projector":
+            diff = first_difference(to_dict(read_config(p).projector), to_dict(self.cfg.projector), "projector")
+            if diff:
+                raise TrainError(f"projector checkpoint {p} has another projector ({diff})")
+        return p
 
     def _param_groups(self, stage: Stage, model: SpeechLLM, trained: list[str]) -> list[dict[str, Any]]:
         """One optimizer group per trained part, each with its own learning rate."""

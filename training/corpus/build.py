@@ -42,8 +42,8 @@ from typing import TYPE_CHECKING, Any
 
 from tympan.atomic import write_file
 from tympan.errors import TympanError
+from tympan.spoken import spoken_form
 from tympan.training.corpus import augment
-from tympan.training.corpus.spoken import spoken_form
 from tympan.training.corpus.text import normalise  # what makes two texts "the same sentence"
 from tympan.training.corpus.voices import (
     ENGINES,

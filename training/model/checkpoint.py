@@ -5,7 +5,7 @@ A checkpoint directory:
   config.toml            the config it was trained with
   base/                  parts.json; for randomly initialised parts, what no checkpoint id can
                          restore: tokenizer/ (trained locally), encoder.safetensors, llm/
-  projector.safetensors  when the projector has been trained
+  projector.safetensors  when the projector has been trained, and always for the CTC bridge
   adapter/               PEFT LoRA adapter, when LoRA has been trained
   trainer_state.pt       optimizer, scheduler and RNG states (resumable checkpoints only)
 """
@@ -28,6 +28,7 @@ from tympan.atomic import atomic_directory
 from tympan.config import ConfigError, dump_toml, to_dict
 from tympan.errors import TympanError
 from tympan.tasks import INSTRUCTIONS
+from tympan.training.model.ctc import CtcBridge
 from tympan.training.model.encoder import SpeechEncoder, build_encoder
 from tympan.training.model.llm import load_pretrained, lora_config, random_llm, train_tokenizer
 from tympan.training.model.projector import Projector
@@ -140,11 +141,24 @@ def load_base(path: Path, cfg: Recipe) -> Base:
     return Base(encoder, llm, tokenizer)
 
 
-def new_projector(cfg: Recipe, base: Base) -> Projector:
-    with torch.random.fork_rng():
-        torch.manual_seed(cfg.seed + 1)
-        hidden = base.llm.get_input_embeddings().weight.shape[1]
-        return Projector(cfg.projector, base.encoder.output_dim, hidden)
+def new_projector(cfg: Recipe, base: Base, state: dict[str, torch.Tensor] | None = None) -> Projector | CtcBridge:
+    """The configured projector, loaded from `state` when given. The CTC bridge always comes from a
+    trained ctc stage (its vocabulary is part of its state) and is tied to the LLM's embedding rows."""
+    embeddings = base.llm.get_input_embeddings().weight
+    projector: Projector | CtcBridge
+    if cfg.projector.kind == "ctc":
+        if state is None or "vocab_ids" not in state:
+            raise CheckpointError("projector.kind = \"ctc\": the bridge must come from a finished ctc stage "
+                                  "(OUT/ctc/final); run `tympan train --stage ctc` first")
+        projector = CtcBridge(cfg.projector, base.encoder.output_dim, embeddings.shape[1], state["vocab_ids"])
+        projector.tie(embeddings)
+    else:
+        with torch.random.fork_rng():
+            torch.manual_seed(cfg.seed + 1)
+            projector = Projector(cfg.projector, base.encoder.output_dim, embeddings.shape[1])
+    if state is not None:
+        projector.load_state_dict(state, strict=True)
+    return projector
 
 
 def assemble_model(
@@ -157,9 +171,7 @@ def assemble_model(
     trainable: bool = False,
 ) -> SpeechLLM:
     """SpeechLLM from a base, with a fresh or loaded projector and an optional (fresh or loaded) LoRA."""
-    projector = new_projector(cfg, base)
-    if projector_state is not None:
-        projector.load_state_dict(projector_state, strict=True)
+    projector = new_projector(cfg, base, projector_state)
     llm = base.llm
     if lora:
         from peft import PeftModel, get_peft_model
@@ -187,7 +199,8 @@ def save_checkpoint(
     with atomic_directory(path) as tmp:
         shutil.copytree(base_dir, tmp / "base")
         (tmp / "config.toml").write_text(dump_toml(model.cfg.to_toml_dict()), encoding="utf-8")
-        if "projector" in trained:
+        # The CTC bridge is saved even where it was not trained: the model cannot run without it.
+        if "projector" in trained or isinstance(model.projector, CtcBridge):
             state = {k: v.detach().cpu().contiguous() for k, v in model.projector.state_dict().items()}
             save_file(state, str(tmp / "projector.safetensors"))
         if "lora" in trained:
@@ -226,7 +239,8 @@ def load_checkpoint(path: str | Path, trainable: bool = False) -> SpeechLLM:
     cfg = read_config(path)
     base = load_base(path / "base", cfg)
     trained = meta["trained"]
-    projector_state = load_file(str(path / "projector.safetensors")) if "projector" in trained else None
+    has_projector = "projector" in trained or cfg.projector.kind == "ctc"
+    projector_state = load_file(str(path / "projector.safetensors")) if has_projector else None
     model = assemble_model(
         cfg,
         base,

@@ -4,7 +4,7 @@ The projector kind "ctc" (`projector.kind`). Frames are stacked (`frame_average`
 -> 12.5 Hz), a small pre-norm Transformer reads them, and a classifier scores every frame against
 the LLM's own input-embedding rows (frozen) plus a blank, so what the head predicts lives in the
 embedding space the LLM reads. It trains with the CTC loss against the LLM tokens of the spoken-form
-transcript (training/corpus/spoken.py): a dense signal, and no LLM forward.
+transcript (tympan/spoken.py): a dense signal, and no LLM forward.
 
 The bridge turns the posteriors into what the LLM reads, at about token rate: frames the blank
 dominates (p_blank >= `blank_threshold`) are dropped; consecutive kept frames with the same best

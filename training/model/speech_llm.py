@@ -10,10 +10,13 @@ import torch
 from torch import nn
 
 from tympan.manifest import Example
-from tympan.runtime.decode import Decoded, DecodeSettings, greedy_decode
+from tympan.runtime.decode import Decoded, DecodeSettings, Stop, greedy_decode
+from tympan.training.model.ctc import CtcBridge, bridge, ctc_loss_sum
+from tympan.training.model.ctc_targets import CtcVocab, targets
 from tympan.training.model.encoder import SpeechEncoder, encode_audio
 from tympan.training.model.projector import Projector
 from tympan.training.model.prompt import PromptBuilder
+from tympan.training.model.simulate import ErrorProfile, embed, simulate
 from tympan.training.model.step_llm import CheckpointLLM
 from tympan.training.recipe import AugmentConfig, Recipe
 
@@ -59,7 +62,8 @@ def mask_frames(hidden: torch.Tensor, lengths: torch.Tensor, cfg: AugmentConfig,
 
 
 class SpeechLLM(nn.Module):
-    def __init__(self, cfg: Recipe, encoder: SpeechEncoder, projector: Projector, llm: nn.Module, tokenizer) -> None:
+    def __init__(self, cfg: Recipe, encoder: SpeechEncoder, projector: Projector | CtcBridge, llm: nn.Module,
+                 tokenizer) -> None:
         super().__init__()
         self.cfg = cfg
         self.encoder = encoder
@@ -67,10 +71,33 @@ class SpeechLLM(nn.Module):
         self.llm = llm
         self.tokenizer = tokenizer
         self.prompts = PromptBuilder(tokenizer, cfg.prompt)
+        # With the CTC bridge: how text is made to look like the bridge's output while training (the
+        # head's measured errors; the trainer sets them), and the CTC loss's weight beside the LM loss.
+        self.errors = ErrorProfile()
+        self.ctc_weight = 0.0
+        self.vocab = (CtcVocab(tuple(projector.vocab_ids.tolist()), len(tokenizer))
+                      if isinstance(projector, CtcBridge) else None)
 
     @property
     def device(self) -> torch.device:
-        return self.projector.outp.weight.device
+        return next(self.projector.parameters()).device
+
+    def text_content(self, text: str, gen: torch.Generator | None = None) -> torch.Tensor:
+        """The content slot for a text: its token embeddings, or with the CTC bridge, what the bridge gives
+        for its spoken form: simulated with the head's errors when `gen` is given (training), exact else."""
+        if self.vocab is None:
+            return self.embed_ids(self.prompts.content_ids(text))
+        assert isinstance(self.projector, CtcBridge)
+        tokens = targets(self.tokenizer, self.vocab, text)
+        if gen is None:
+            profile = ErrorProfile(peak_mean=1.0, peak_std=0.0)
+            rng = np.random.default_rng(0)
+        else:
+            profile = self.errors
+            rng = np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=gen)))
+        ids, weights = simulate(tokens, profile, self.vocab.blank, min(self.cfg.projector.top_k, self.vocab.blank),
+                                rng)
+        return embed(ids, weights, self.projector.table)
 
     def embed_ids(self, ids: Sequence[int]) -> torch.Tensor:
         emb = self.llm.get_input_embeddings()
@@ -106,7 +133,7 @@ class SpeechLLM(nn.Module):
         labels: list[list[int]] = []
         for i, (content, instruction) in enumerate(zip(contents, instructions, strict=True)):
             ids = self.prompts.prompt(instruction)
-            body = self.embed_ids(self.prompts.content_ids(content)) if isinstance(content, str) else content
+            body = self.text_content(content) if isinstance(content, str) else content
             emb = self.llm.get_input_embeddings().weight
             parts = [self.embed_ids(ids.prefix), body.to(emb.dtype), self.embed_ids(ids.suffix)]
             row_labels = [IGNORE] * (len(ids.prefix) + body.shape[0] + len(ids.suffix))
@@ -137,12 +164,34 @@ class SpeechLLM(nn.Module):
         A sum, not a mean: the trainer divides by the target tokens of the whole optimizer
         step, so every answer token weighs the same whatever batch it came in.
         """
+        if hidden is not None and isinstance(self.projector, CtcBridge) and self.ctc_weight:
+            return self._bridge_loss_sum(examples, hidden, gen)
         if hidden is not None:
             augment = self.cfg.train.augment if self.training else None
             contents: list[Content] = list(self.project(hidden, augment, gen))
+        elif self.vocab is not None:
+            contents = [self.text_content(e.text or "", gen) for e in examples]
         else:
             contents = [e.text or "" for e in examples]
         return self.loss_sum(contents, examples)
+
+    def _bridge_loss_sum(self, examples: Sequence[Example], hidden: Sequence[torch.Tensor],
+                         gen: torch.Generator | None) -> torch.Tensor:
+        """LM loss over the bridge's output plus `ctc_weight` times the CTC loss of its head, the CTC
+        loss scaled to the LM loss's number of tokens (so the weight means the same for any batch)."""
+        assert isinstance(self.projector, CtcBridge) and self.vocab is not None
+        padded, lengths = pad_sequences([h.to(self.device) for h in hidden])
+        if self.training and gen is not None:
+            padded = mask_frames(padded, lengths, self.cfg.train.augment, gen)
+        logits, frames = self.projector.logits(padded, lengths.to(self.device))
+        top_k = min(self.cfg.projector.top_k, self.vocab.blank)
+        out, counts = bridge(logits, frames, self.projector.table, self.cfg.projector.blank_threshold, top_k,
+                             self.cfg.projector.bridge)
+        lm = self.loss_sum([out[i, : int(n)] for i, n in enumerate(counts)], examples)
+        labels = [targets(self.tokenizer, self.vocab, e.transcript or "") for e in examples]
+        ctc_tokens = max(1, sum(len(t) for t in labels))
+        ctc = ctc_loss_sum(logits, frames, labels, self.vocab.blank)
+        return lm + self.ctc_weight * ctc * (self.target_tokens(examples) / ctc_tokens)
 
     def target_tokens(self, examples: Sequence[Example]) -> int:
         """How many tokens the loss is taken over (answers and their end-of-turn tokens)."""
@@ -162,6 +211,10 @@ class SpeechLLM(nn.Module):
         tokens a bundle exported from this model gives (its prompt is spliced as `assemble` splices it)."""
         llm = CheckpointLLM(self.llm)
         ids = self.prompts.prompt(instruction)
+        if isinstance(content, str):
+            content = self.text_content(content) if self.vocab is not None else content
+        elif content.shape[0] == 0 and self.vocab is not None:
+            return Decoded([], Stop.NOTHING_HEARD)  # as the runtime answers a bridge that heard nothing
         body = (llm.embed(self.prompts.content_ids(content)) if isinstance(content, str)
                 else content.detach().to(llm.dtype).float().cpu().numpy())
         embeds = np.concatenate([llm.embed(ids.prefix), body, llm.embed(ids.suffix)])

@@ -17,7 +17,7 @@ from pathlib import Path
 from tympan.checksum import sha256_file
 from tympan.config import tympan_home
 from tympan.errors import TympanError
-from tympan.runtime.bundle_manifest import MANIFEST, BundleError, BundleManifest
+from tympan.runtime.bundle_manifest import FORMAT, MANIFEST, BundleError, BundleManifest
 
 
 @dataclass(frozen=True)
@@ -86,10 +86,20 @@ def default_bundle_path(model: str | None = None) -> Path:
     return tympan_home() / "bundles" / (model or default_model())
 
 
+def bundle_format(path: Path) -> object:
+    """The format number a bundle's manifest declares (None when there is no readable manifest)."""
+    try:
+        data = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data.get("format") if isinstance(data, dict) else None
+
+
 def default_bundle() -> Path:
-    """The default bundle, built first if missing, in another process: serving never imports training."""
+    """The default bundle, built first if missing or of an older format, in another process: serving
+    never imports training."""
     path = default_bundle_path()
-    if not (path / MANIFEST).is_file():
+    if bundle_format(path) != FORMAT:
         print(f"building the default bundle in {path} (once) ...", file=sys.stderr)
         subprocess.run([sys.executable, "-m", "tympan", "export", "--default"], check=True,
                        stdout=subprocess.DEVNULL)

@@ -13,7 +13,9 @@ from typing import Any, TypeVar
 from tympan.config import ConfigError, from_dict, to_dict
 from tympan.errors import TympanError
 
-FORMAT = 1
+# 2: the encoder graph says which bridge it ends in (`encoder.bridge`). A bundle of another format is
+# refused with both numbers; the default bundle is rebuilt (`tympan.runtime.bundle.default_bundle`).
+FORMAT = 2
 MANIFEST = "manifest.json"
 
 # The LLM as one ONNX graph (written by tympan.export.llm_graph, run by tympan.runtime.onnx_llm).
@@ -126,6 +128,9 @@ class Encoder:
     frames_per_second: float
     output_rate_hz: float
     embedding_dim: int
+    # "dense": the seed's projector, embeddings at output_rate_hz; "ctc": the CTC bridge, one embedding
+    # per recognised token (about 3-4 a second; output_rate_hz is then its CTC frame rate, an upper bound).
+    bridge: str
     inputs: list[str]
     outputs: list[str]
     quantization: str | None = None

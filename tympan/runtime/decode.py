@@ -59,6 +59,7 @@ class Stop(enum.Enum):
     LIMIT = "limit"  # max_new_tokens reached
     LOOP = "loop"  # the loop guard fired; the repeats were cut off
     CANCELLED = "cancelled"  # the caller's `cancelled()` said so
+    NOTHING_HEARD = "nothing_heard"  # a CTC bridge recognised no token: no decode, no answer (not a guess)
 
 
 @dataclass(frozen=True)

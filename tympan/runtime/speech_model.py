@@ -12,7 +12,7 @@ import numpy as np
 
 from tympan.runtime.bundle import Bundle, load_bundle
 from tympan.runtime.bundle_manifest import BundleError
-from tympan.runtime.decode import DEFAULT_SETTINGS, Decoded, DecodeSettings, StepLLM, greedy_decode
+from tympan.runtime.decode import DEFAULT_SETTINGS, Decoded, DecodeSettings, StepLLM, Stop, greedy_decode
 from tympan.runtime.llm import load_llm
 from tympan.runtime.onnx_encoder import OnnxEncoder
 from tympan.runtime.prompt import Prompts
@@ -52,7 +52,13 @@ class SpeechModel:
         cancelled: Callable[[], bool] | None = None,
         on_token: Callable[[Sequence[int]], None] | None = None,
     ) -> Decoded:
-        """Greedy tokens for speech embeddings and an instruction, under `settings` and the bundle's own limit."""
+        """Greedy tokens for speech embeddings and an instruction, under `settings` and the bundle's own limit.
+
+        A CTC bridge that recognised nothing gives no embedding: the answer is empty rather than what
+        the LLM would make of the instruction alone (text on silence is what users of speech services
+        complain of most)."""
+        if speech.shape[0] == 0 and self.bundle.manifest.encoder.bridge == "ctc":
+            return Decoded([], Stop.NOTHING_HEARD)
         return greedy_decode(self.llm, self.inputs(speech, instruction), self.prompts.stop_ids,
                              settings.capped(self.prompts.max_new_tokens), cancelled=cancelled, on_token=on_token)
 

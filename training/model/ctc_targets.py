@@ -19,7 +19,7 @@ from typing import Any
 
 from tympan.atomic import write_json
 from tympan.errors import TympanError
-from tympan.training.corpus.spoken import ctc_target
+from tympan.spoken import ctc_target
 
 SPACE = "Ġ"  # byte-level BPE's mark of a leading space (GPT-2, Llama 3, SmolLM2)
 _LETTERS = re.compile(rf"^{SPACE}?[a-z']{{1,2}}$")
