@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/load.py [--bundle DIR | --url ws://127.0.0.1:PORT/v1/stream [--pid PID]]
         [--clients 8] [--minutes 20] [--reconnect] [--manifest JSONL | --recordings DIR] [--json OUT] [--check]
+        [--memtrace DIR [--memtrace-every 60] [--frames 25]]
 
 Starts `tympan serve` on a free loopback port (inference threads `--threads`, `limits.max_sessions` raised to
 the client count), or attaches to a running daemon with `--url` (loopback only; `--pid` lets it read that
@@ -18,6 +19,12 @@ seconds: the daemon's RSS (/proc/PID/status VmRSS) and CPU (/proc/PID/stat), and
 queue depth, compute). The report has latency per time window, so lag growth shows, and RSS drift: the mean
 RSS of the last quarter after warm-up against the first quarter. `--check` exits 1 unless RSS stays within
 10 %, latency does not grow and nothing failed.
+
+With `--memtrace DIR` the daemon runs under benchmarks/memtrace.py: every `--memtrace-every` seconds and at
+the end it writes a tracemalloc snapshot and its memory figures (RSS, glibc heap, garbage collector, live
+sessions) to DIR; the report adds them against the sessions started, and the allocation sites that grew most
+from the first snapshot after warm-up to the last. Tracing slows the daemon several-fold (latency figures
+mean little then); `--frames 0` records the figures without it.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import argparse
 import asyncio
 import os
 import random
+import signal
 import statistics
 import sys
 import tempfile
@@ -37,6 +45,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import memtrace
 import numpy as np
 from common import (
     BenchmarkError,
@@ -199,10 +208,11 @@ class Sampler(threading.Thread):
     process' own CPU (the load generator must not be the bottleneck)."""
 
     def __init__(self, http: str, pid: int | None, start_time: float, every: float, timeline: Timeline,
-                 progress_every: float) -> None:
+                 progress_every: float, snapshot_every: float | None = None) -> None:
         super().__init__(daemon=True)
         self.http, self.pid, self.start_time, self.every = http, pid, start_time, every
         self.timeline, self.progress_every = timeline, progress_every
+        self.snapshot_every, self.snapshots = snapshot_every, 0
         self.samples: list[dict] = []
         self.stopping = threading.Event()
         self.last = (time.monotonic(), cpu_seconds(pid) if pid else 0.0, time.process_time())
@@ -231,10 +241,20 @@ class Sampler(threading.Thread):
             s["metrics_error"] = str(e)
         return s
 
+    def snapshot(self) -> None:
+        """Ask a daemon run under benchmarks/memtrace.py for a snapshot; the sample notes its number."""
+        assert self.pid is not None
+        self.snapshots += 1
+        self.samples[-1]["memtrace"] = self.snapshots
+        os.kill(self.pid, signal.SIGUSR2)
+
     def run(self) -> None:
-        next_progress = self.progress_every
+        next_progress, next_snapshot = self.progress_every, 0.0
         while not self.stopping.wait(max(0.0, self.start_time + len(self.samples) * self.every - time.monotonic())):
             self.samples.append(self.sample())
+            if self.snapshot_every and self.samples[-1]["t"] >= next_snapshot:
+                self.snapshot()
+                next_snapshot += self.snapshot_every
             if self.samples[-1]["t"] >= next_progress:
                 progress(self.samples[-1], self.timeline)
                 next_progress += self.progress_every
@@ -243,6 +263,8 @@ class Sampler(threading.Thread):
         self.stopping.set()
         self.join()
         self.samples.append(self.sample())
+        if self.snapshot_every:
+            self.snapshot()
 
 
 def progress(s: dict, timeline: Timeline) -> None:
@@ -393,6 +415,18 @@ def print_report(settings: dict, summary: dict, rows: list[dict]) -> None:
         print(f"  {n} x {what}")
 
 
+def print_memory(out: Path, samples: list[dict], warmup: float) -> None:
+    """The daemon's memory figures at each snapshot against the sessions started, and what grew after warm-up."""
+    figures = memtrace.read_figures(out)
+    snapped = {s["memtrace"]: s for s in samples if "memtrace" in s}
+    print()
+    print(memtrace.table(figures, {n: s.get("sessions_total") for n, s in snapped.items()}))
+    after = [f for f in figures if "snapshot" in f and snapped.get(f["n"], {}).get("t", 0) >= warmup]
+    if len(after) >= 2:
+        print()
+        print(memtrace.growth(out / after[0]["snapshot"], out / after[-1]["snapshot"], top=10))
+
+
 # --- main -------------------------------------------------------------------------------------
 
 
@@ -416,6 +450,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--window-s", type=float, help="report window (default: 60 s, less for short runs)")
     p.add_argument("--sample-s", type=float, help="sampling interval (default: 5 s, less for short runs)")
     p.add_argument("--json", type=Path, help="write the settings, summary, windows, samples and clients here")
+    p.add_argument("--memtrace", type=Path, help="run the daemon started here under benchmarks/memtrace.py, its "
+                   "snapshots and figures in this directory")
+    p.add_argument("--memtrace-every", type=float, default=60.0, help="seconds between snapshots (default 60)")
+    p.add_argument("--frames", type=int, default=25, help="with --memtrace: traceback depth, 0 for no tracing")
     p.add_argument("--check", action="store_true", help="exit 1 unless RSS is flat, latency does not grow and "
                    "no session failed")
     args = p.parse_args(argv)
@@ -427,6 +465,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--threads must be >= 1, got {args.threads}")
     if args.pid is not None and not args.url:
         p.error("--pid goes with --url (a daemon started here is sampled anyway)")
+    if args.memtrace and args.url:
+        p.error("--memtrace starts its own daemon: not with --url")
     for name in ("warmup_s", "window_s", "sample_s"):
         value = getattr(args, name)
         if value is not None and (value < 0 or (value == 0 and name != "warmup_s")):
@@ -464,8 +504,11 @@ def main(argv: list[str] | None = None) -> int:
             f"[server]\nthreads = {args.threads}\n"
             f"[limits]\nmax_sessions = {max(16, args.clients)}\nqueue_size = {max(32, 2 * args.clients)}\n")
         work = Path(tempfile.mkdtemp(prefix="tympan-bench-load-"))
+        launcher = [sys.executable, memtrace.__file__, "run", str(args.memtrace), "--frames", str(args.frames),
+                    "--"] if args.memtrace else None
         # The host is pinned to loopback whatever the config says: env overrides the file.
-        daemon = DaemonProcess(bundle, work, config, env={"TYMPAN_SERVER_HOST": "127.0.0.1"}).start()
+        daemon = DaemonProcess(bundle, work, config, env={"TYMPAN_SERVER_HOST": "127.0.0.1"},
+                               launcher=launcher).start(timeout=300 if args.memtrace else 90)
         url, pid, target = daemon.url, daemon.proc.pid, f"bundle {bundle}, daemon log {daemon.log_path}"
     settings = {"clients": args.clients, "minutes": args.minutes, "reconnect": args.reconnect, "seed": args.seed,
                 "recordings": len(utterances), "source": source, "target": target, "url": url,
@@ -475,7 +518,8 @@ def main(argv: list[str] | None = None) -> int:
         start = time.monotonic()
         timeline = Timeline(start, window)
         recorders = [ClientRecorder(k, timeline) for k in range(args.clients)]
-        sampler = Sampler(http_base(url), pid, start, every, timeline, progress_every=window)
+        sampler = Sampler(http_base(url), pid, start, every, timeline, progress_every=window,
+                          snapshot_every=args.memtrace_every if args.memtrace else None)
         sampler.start()
         try:
             asyncio.run(run_users(url, utterances, recorders, args.seed, start + duration, args.reconnect,
@@ -483,12 +527,16 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             sampler.stop()
         elapsed = time.monotonic() - start
+        if args.memtrace:
+            memtrace.wait_figures(args.memtrace, sampler.snapshots)
     finally:
         exit_code = daemon.stop() if daemon else None
     summary = summarise(timeline, sampler.samples, recorders, elapsed, warmup)
     summary["daemon_exit_code"] = exit_code
     rows = window_rows(timeline, sampler.samples)
     print_report(settings, summary, rows)
+    if args.memtrace:
+        print_memory(args.memtrace, sampler.samples, warmup)
     if args.json:
         write_json(args.json, {"settings": settings, "summary": summary, "windows": rows, "samples": sampler.samples,
                                "clients": [r.report() for r in recorders]})

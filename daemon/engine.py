@@ -41,6 +41,16 @@ class Job:
     cancelled: bool = False
     submitted: float = field(default_factory=time.monotonic)
 
+    def release(self) -> None:
+        """The engine is done with this job (run or dropped): let go of its callbacks. They close over the
+        session, and a final's over the job itself, so a job that kept them would hold its whole session,
+        audio included, in a reference cycle until the garbage collector's next full pass."""
+        self.on_done, self.on_text = _released, None
+
+
+def _released(*_: Any) -> None:
+    """The callback of a released job: never called, the engine has delivered all it had."""
+
 
 class Engine:
     def __init__(self, model: SpeechModel, cfg: DecodeConfig, loop: asyncio.AbstractEventLoop) -> None:
@@ -108,7 +118,7 @@ class Engine:
         for sid in list(self._finals):
             jobs = self._finals[sid]
             while jobs and jobs[0].cancelled:
-                jobs.pop(0)
+                jobs.pop(0).release()
             if jobs:
                 batch.append(jobs.pop(0))
             if not jobs:
@@ -139,6 +149,8 @@ class Engine:
                 self._running = batch
             if batch:
                 self._run(batch)
+                for job in batch:
+                    job.release()
 
     def _run(self, batch: list[Job]) -> None:
         """Encode the round together, then decode each job; a failure fails only the jobs it hits."""

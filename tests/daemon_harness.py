@@ -47,10 +47,11 @@ def write_wav(path: Path, audio: np.ndarray, rate: int = 16000) -> Path:
 
 class DaemonProcess:
     """`tympan serve` in a child process. With `tls` (a client context that trusts the daemon's certificate,
-    for a daemon configured with `[tls]`), `url` is wss:// and health/metrics go over https://."""
+    for a daemon configured with `[tls]`), `url` is wss:// and health/metrics go over https://. `launcher`
+    replaces the command that runs `tympan` (default: this Python's `-m tympan`)."""
 
     def __init__(self, bundle: Path, workdir: Path, config: str = "", env: dict[str, str] | None = None,
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None, launcher: list[str] | None = None) -> None:
         self.tls = tls
         self.port = free_port()
         self.workdir = workdir
@@ -61,6 +62,7 @@ class DaemonProcess:
         self.bundle = bundle
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
+        self.launcher = launcher or [sys.executable, "-m", "tympan"]
 
     @property
     def url(self) -> str:
@@ -87,7 +89,7 @@ class DaemonProcess:
     def start(self, timeout: float = 90.0) -> DaemonProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the process' lifetime
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tympan", "serve", "--config", str(self.config), "--bundle", str(self.bundle),
+            [*self.launcher, "serve", "--config", str(self.config), "--bundle", str(self.bundle),
              "--port", str(self.port)], stdout=log, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -49,6 +49,25 @@ def test_load_reports_latency_rss_and_reconnects(bundle: Path, tmp_path: Path) -
     assert [c["client"] for c in data["clients"]] == [0, 1]
 
 
+def test_load_memtrace_snapshots_the_daemon_and_reports_what_grew(bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "memtrace"
+    run = script("load.py", "--bundle", str(bundle), "--clients", "2", "--minutes", "0.2", "--reconnect",
+                 "--sample-s", "1", "--warmup-s", "2", "--memtrace", str(out), "--memtrace-every", "4",
+                 "--frames", "2", timeout=180)
+    assert run.returncode == 0, run.stderr
+    figures = [json.loads(line) for line in (out / "memory.jsonl").read_text().splitlines()]
+    assert [f["n"] for f in figures] == list(range(1, len(figures) + 1)) and len(figures) >= 3
+    for f in figures:
+        assert (out / f["snapshot"]).is_file() and f["traced_bytes"] > 10**6 and f["rss_bytes"] > f["traced_bytes"]
+        assert f["glibc"]["in_use_bytes"] > 0 and f["gc_objects"] > 1000 and len(f["gc_stats"]) == 3
+        assert any(name.startswith("tympan.daemon.") for name in f["objects"])  # the daemon's live objects
+    assert "| snapshot | min | sessions | RSS MB |" in run.stdout
+    assert f"against {figures[1]['snapshot']}" in run.stdout  # the growth since the first snapshot after warm-up
+    compare = script("memtrace.py", "compare", str(out / "001.snapshot"), str(out / figures[-1]["snapshot"]),
+                     "--top", "3")
+    assert compare.returncode == 0 and compare.stdout.startswith("traced ") and "KiB" in compare.stdout
+
+
 def test_load_refuses_other_hosts_and_unbounded_runs() -> None:
     run = script("load.py", "--url", "ws://192.0.2.1:8765/v1/stream", "--minutes", "1")
     assert run.returncode == 2 and "non-loopback 192.0.2.1" in run.stderr
