@@ -15,7 +15,8 @@ from daemon_harness import alsa_speech, silence
 
 from tympan.daemon.client import stream
 from tympan.daemon.server import Daemon
-from tympan.daemon.session import StreamSession, Utterance
+from tympan.daemon.session import Session
+from tympan.daemon.utterance import Utterance
 from tympan.daemon.settings import load_daemon_config
 
 SPEECH = np.concatenate([silence(0.6), alsa_speech("Front_Center"), silence(1.5), alsa_speech("Rear_Right"),
@@ -24,7 +25,7 @@ SPEECH = np.concatenate([silence(0.6), alsa_speech("Front_Center"), silence(1.5)
 
 @pytest.fixture(scope="module")
 def bundle(tympan_home: Path) -> Path:
-    from tympan.daemon.cli import default_bundle
+    from tympan.runtime.bundle import default_bundle
 
     return default_bundle()
 
@@ -54,7 +55,7 @@ def test_a_finished_session_leaves_nothing_for_the_garbage_collector(bundle: Pat
                 sessions = [await stream(url, chunks(SPEECH), request, lambda e: None) for _ in range(3)]
                 while daemon.connections:  # the last session's end, after its `done`
                     await asyncio.sleep(0.05)
-                left = [o for o in gc.get_objects() if issubclass(type(o), StreamSession | Utterance)]
+                left = [o for o in gc.get_objects() if issubclass(type(o), Session | Utterance)]
             finally:
                 gc.enable()
         finally:
