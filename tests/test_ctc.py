@@ -234,7 +234,7 @@ def ctc_recipe(tiny_cfg, steps: int):
     return replace(tiny_cfg, projector=projector, train=train)
 
 
-def test_ctc_stage_learns_and_resumes_exactly(tiny_cfg, tmp_path) -> None:
+def test_ctc_stage_learns_and_resumes_exactly(tiny_cfg, toy_corpus, tmp_path, capsys) -> None:
     """The stage through the trainer: the loss falls to a third, and a run stopped at step 20
     and resumed ends with the weights of an uninterrupted run."""
     from safetensors.torch import load_file
@@ -258,6 +258,16 @@ def test_ctc_stage_learns_and_resumes_exactly(tiny_cfg, tmp_path) -> None:
 
     errors = ErrorProfile.load(tmp_path / "a" / "ctc" / "final" / "errors.json")
     assert 0 <= errors.substitution <= 1 and 0 <= errors.deletion <= 1 and 0 < errors.peak_mean <= 1
+    # A learning-curve point: greedy-CTC WER of the checkpoint on a manifest's ASR lines.
+    from tympan.config import dump_toml
+    from tympan.training import ctc_stage
+
+    (tmp_path / "ctc.toml").write_text(dump_toml(cfg.to_toml_dict()))
+    capsys.readouterr()
+    ctc_stage.main(["--config", str(tmp_path / "ctc.toml"), "--checkpoint", str(tmp_path / "a" / "ctc" / "final"),
+                    "--manifest", str(toy_corpus / "dev.jsonl")])
+    point = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert point["n"] == 6 and point["ctc_wer"] >= 0  # the tiny head barely emits yet: the figure, not its value
 
 
 def test_all_stages_over_the_bridge_train_export_and_serve(tiny_cfg, toy_corpus, tmp_path) -> None:

@@ -263,3 +263,47 @@ def fit(stage: CtcStage, until_step: int | None = None, say: Callable[[str], Non
             f"{profile.substitution:.3f}, deletions {profile.deletion:.3f}, insertions {profile.insertion:.3f}, "
             f"peak {profile.peak_mean:.2f} +- {profile.peak_std:.2f}")
     return last_loss
+
+
+def load_bridge(cfg: Recipe, checkpoint: Path, encoder: SpeechEncoder, tokenizer: Any,
+                embeddings: torch.Tensor) -> tuple[CtcBridge, CtcVocab]:
+    """The head of a ctc-stage checkpoint (OUT/ctc/step-N or final), tied to the LLM's embeddings."""
+    vocab = CtcVocab.load(checkpoint / "vocab.json", len(tokenizer))
+    model = new_bridge(cfg, encoder, vocab, embeddings)
+    model.load_state_dict(load_file(str(checkpoint / "projector.safetensors")), strict=True)
+    return model.eval(), vocab
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Greedy-CTC WER of a ctc-stage checkpoint on manifests' ASR lines (a learning-curve point)."""
+    import argparse
+
+    from tympan.config import tympan_home
+    from tympan.manifest import load_manifest
+    from tympan.training.model.checkpoint import build_base
+    from tympan.training.recipe import load_config
+
+    p = argparse.ArgumentParser(prog="python -m tympan.training.ctc_stage", description=main.__doc__)
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--checkpoint", type=Path, required=True, help="OUT/ctc/step-NNNNNN or OUT/ctc/final")
+    p.add_argument("--manifest", type=Path, action="append", required=True)
+    p.add_argument("--show", type=int, default=0, help="print N hypotheses per manifest")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config)
+    base = build_base(cfg)
+    embeddings = base.llm.get_input_embeddings().weight.detach().float()
+    model, vocab = load_bridge(cfg, args.checkpoint, base.encoder, base.tokenizer, embeddings)
+    cache = EncoderCache(tympan_home() / "cache", base.encoder, cfg.train.cache_dtype)
+    for manifest in args.manifest:
+        examples = [e for e in load_manifest(manifest) if e.is_speech and e.task == "asr"]
+        cache.fill([e for e in examples if not cache.has(e)], torch.device("cpu"), cfg.train.encode_batch_size)
+        hyps = transcribe(model, base.tokenizer, vocab, [cache.get(e) for e in examples])
+        wer = scoring.wer([e.target for e in examples], hyps, scoring.normalize_english)
+        print(json.dumps({"manifest": str(manifest), "n": len(examples), "ctc_wer": round(wer, 2)}))
+        for e, h in list(zip(examples, hyps, strict=True))[: args.show]:
+            print(f"  ref: {e.target}\n  hyp: {h}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
