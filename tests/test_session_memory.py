@@ -16,8 +16,8 @@ from daemon_harness import alsa_speech, silence
 from tympan.daemon.client import stream
 from tympan.daemon.server import Daemon
 from tympan.daemon.session import Session
-from tympan.daemon.utterance import Utterance
 from tympan.daemon.settings import load_daemon_config
+from tympan.daemon.utterance import Utterance
 
 SPEECH = np.concatenate([silence(0.6), alsa_speech("Front_Center"), silence(1.5), alsa_speech("Rear_Right"),
                          silence(1.2)])
