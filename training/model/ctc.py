@@ -66,8 +66,11 @@ class CtcBridge(nn.Module):
         self.register_buffer("vocab_ids", vocab_ids.to(torch.long).clone())
         self.register_buffer("table", torch.zeros(vocab_ids.numel(), output_dim), persistent=False)
         # Embedding rows share a large common direction and differ in norm (SmolLM2: 1.8-7.5), so raw
-        # dot products favour some tokens: a learned scale and a bias per token correct for that.
-        self.log_scale = nn.Parameter(torch.zeros(()))
+        # dot products favour some tokens: a learned scale and a bias per token correct for that. The
+        # scale starts at 4 / sqrt(width): at 1 / sqrt(width) every token scores about the same, only
+        # the blank wins, and Adam takes thousands of steps to grow the scale (seen: all-blank output
+        # after 500 steps on 1.7 h of speech).
+        self.log_scale = nn.Parameter(torch.full((), math.log(4.0)))
         self.bias = nn.Parameter(torch.zeros(vocab_ids.numel()))
         # The blank has its own vector: reusing a real token's row (e.g. bos) would tie it to a live token.
         self.blank = nn.Parameter(torch.randn(output_dim) * output_dim**-0.5)
