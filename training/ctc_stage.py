@@ -14,7 +14,6 @@ Layout under OUT/ctc/: `vocab.json` (the scored LLM token ids, built once from t
 from __future__ import annotations
 
 import json
-import math
 import random
 import shutil
 import time
@@ -37,6 +36,8 @@ from tympan.training.model.encoder import SpeechEncoder
 from tympan.training.model.simulate import ErrorProfile, measure
 from tympan.training.model.speech_llm import mask_frames, pad_sequences
 from tympan.training.recipe import Recipe
+from tympan.training.resume import STEP_PREFIX, step_dirs
+from tympan.training.schedule import lr_factor
 
 
 class CtcStageError(TympanError, RuntimeError):
@@ -59,19 +60,6 @@ class CtcStage:
     targets: dict[str, list[int]]
     step: int = 0
     generator: torch.Generator | None = None
-
-
-def lr_factor(warmup: int, total: int) -> Callable[[int], float]:
-    def f(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-    return f
-
-
-def step_dirs(stage_dir: Path) -> list[Path]:
-    return sorted(p for p in stage_dir.glob("step-*") if (p / "state.pt").is_file())
 
 
 def new_bridge(cfg: Recipe, encoder: SpeechEncoder, vocab: CtcVocab, embeddings: torch.Tensor) -> CtcBridge:
@@ -118,7 +106,7 @@ def setup(cfg: Recipe, out: Path, examples: Sequence[Example], dev: Sequence[Exa
 
 
 def resume(stage: CtcStage) -> None:
-    checkpoints = step_dirs(stage.dir)
+    checkpoints = step_dirs(stage.dir, "state.pt")
     if not checkpoints:
         return
     last = checkpoints[-1]
@@ -250,8 +238,8 @@ def fit(stage: CtcStage, until_step: int | None = None, say: Callable[[str], Non
                 with open(log, "a", encoding="utf-8") as f:
                     f.write(json.dumps(record) + "\n")
             if stage.step % cfg.train.save_every == 0 or stage.step == last:
-                save(stage, stage.dir / f"step-{stage.step:06d}", with_state=True)
-                for old in step_dirs(stage.dir)[: -cfg.train.keep_checkpoints]:
+                save(stage, stage.dir / f"{STEP_PREFIX}{stage.step:06d}", with_state=True)
+                for old in step_dirs(stage.dir, "state.pt")[: -cfg.train.keep_checkpoints]:
                     shutil.rmtree(old)
             if stage.step >= last:
                 break

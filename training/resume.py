@@ -18,9 +18,9 @@ import torch
 STEP_PREFIX = "step-"
 
 
-def step_dirs(stage_dir: Path) -> list[Path]:
-    """The stage's complete step checkpoints, oldest first."""
-    dirs = [p for p in stage_dir.glob(f"{STEP_PREFIX}*") if (p / "checkpoint.json").is_file()]
+def step_dirs(stage_dir: Path, marker: str = "checkpoint.json") -> list[Path]:
+    """The stage's complete step checkpoints (those holding `marker`), oldest first."""
+    dirs = [p for p in stage_dir.glob(f"{STEP_PREFIX}*") if (p / marker).is_file()]
     return sorted(dirs, key=lambda p: int(p.name[len(STEP_PREFIX) :]))
 
 

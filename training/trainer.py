@@ -17,12 +17,11 @@ weights live in OUT/base so that every stage and every resume sees the same ones
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +54,7 @@ from tympan.training.model.simulate import ErrorProfile
 from tympan.training.model.speech_llm import SpeechLLM
 from tympan.training.recipe import STAGES, Recipe, Stage
 from tympan.training.resume import STEP_PREFIX, rng_state, set_rng_state, step_dirs, truncate_log
+from tympan.training.schedule import lr_factor
 
 
 class TrainError(TympanError, RuntimeError):
@@ -114,16 +114,6 @@ def _tasks_seen(examples: Sequence[Example]) -> dict[str, list[str]]:
     for e in examples:
         tasks.setdefault(e.task, set()).add(e.tgt_lang)
     return {t: sorted(langs) for t, langs in sorted(tasks.items())}
-
-
-def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
-    def f(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return f
 
 
 def resolve_manifest(cfg: Recipe, entry: str) -> Path:
@@ -295,7 +285,7 @@ class Trainer:
         groups = self._param_groups(stage, model, trained)
         scfg = self.cfg.stage(stage)
         optimizer = torch.optim.AdamW(groups, weight_decay=self.cfg.train.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(scfg.warmup_steps, scfg.steps))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(scfg.warmup_steps, scfg.steps))
         step = self._restore(stage, resume, optimizer, scheduler) if resume else self._fresh_start()
         prepared, prepared_optimizer = self.acc.prepare(model, optimizer)
         return StageRun(stage=stage, dir=self.out / stage, data=data, model=self.acc.unwrap_model(prepared),

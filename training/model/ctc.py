@@ -114,7 +114,10 @@ class CtcBridge(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, input_dim), (B,) -> the LLM's speech embeddings (B, S, output_dim) zero-padded, and S (B,)."""
-        logits, frames = self.logits(x, lengths)
+        return self.segments(*self.logits(x, lengths))
+
+    def segments(self, logits: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The bridge over logits already computed (training takes the CTC loss on the same logits)."""
         top_k = min(self.cfg.top_k, self.blank_id)  # a Python int: fixed in the exported graph
         return bridge(logits, frames, self.table, self.cfg.blank_threshold, top_k, self.cfg.bridge)
 

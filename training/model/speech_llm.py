@@ -11,7 +11,7 @@ from torch import nn
 
 from tympan.manifest import Example
 from tympan.runtime.decode import Decoded, DecodeSettings, Stop, greedy_decode
-from tympan.training.model.ctc import CtcBridge, bridge, ctc_loss_sum
+from tympan.training.model.ctc import CtcBridge, ctc_loss_sum
 from tympan.training.model.ctc_targets import CtcVocab, targets
 from tympan.training.model.encoder import SpeechEncoder, encode_audio
 from tympan.training.model.projector import Projector
@@ -184,9 +184,7 @@ class SpeechLLM(nn.Module):
         if self.training and gen is not None:
             padded = mask_frames(padded, lengths, self.cfg.train.augment, gen)
         logits, frames = self.projector.logits(padded, lengths.to(self.device))
-        top_k = min(self.cfg.projector.top_k, self.vocab.blank)
-        out, counts = bridge(logits, frames, self.projector.table, self.cfg.projector.blank_threshold, top_k,
-                             self.cfg.projector.bridge)
+        out, counts = self.projector.segments(logits, frames)
         lm = self.loss_sum([out[i, : int(n)] for i, n in enumerate(counts)], examples)
         labels = [targets(self.tokenizer, self.vocab, e.transcript or "") for e in examples]
         ctc_tokens = max(1, sum(len(t) for t in labels))
