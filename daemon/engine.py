@@ -4,6 +4,11 @@ The event loop never waits on the model: sessions submit jobs and get results ba
 callbacks scheduled on the loop. Finals go before partials, sessions take turns (round
 robin), a session's newer partial replaces its pending one, and the utterances picked for a
 round are encoded together in one encoder call.
+
+With a CTC bridge (decode.partials_from "ctc", or "auto"), a partial is the greedy CTC text of
+that encoder call: no LLM decode. Partials then have one source, what was heard, and the final's
+tokens are not streamed as partials, so a display never flips between the heard words and the
+LLM's answer (a translation, say); the final follows at once.
 """
 
 from __future__ import annotations
@@ -20,9 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from tympan.config import ConfigError
 from tympan.daemon.protocol import Request
 from tympan.daemon.settings import DecodeConfig
 from tympan.runtime.decode import Stop
+from tympan.runtime.onnx_encoder import Encoded
 from tympan.runtime.speech_model import SpeechModel
 
 log = logging.getLogger("tympan.engine")
@@ -56,6 +63,10 @@ class Engine:
     def __init__(self, model: SpeechModel, cfg: DecodeConfig, loop: asyncio.AbstractEventLoop) -> None:
         self.model = model
         self.cfg = cfg  # its limits and loop guard go to the model's decode loop as they are
+        if cfg.partials_from == "ctc" and not model.hears:
+            raise ConfigError(f"decode.partials_from = \"ctc\": the bundle's encoder gives no CTC text (bridge "
+                              f"{model.bundle.manifest.encoder.bridge!r}); use \"llm\" or \"auto\"")
+        self.ctc_partials = cfg.partials_from != "llm" and model.hears
         self.loop = loop
         self._cv = threading.Condition()
         self._finals: OrderedDict[str, list[Job]] = OrderedDict()  # session -> finals, oldest first
@@ -157,19 +168,19 @@ class Engine:
         started = time.monotonic()
         t0 = time.perf_counter()
         try:
-            speech = self.model.embed_audio([j.audio for j in batch])
+            encoded = self.model.encode([j.audio for j in batch])
         except Exception:  # a model failure must not kill the worker
             log.exception("encoding failed")
             for job in batch:
                 self._deliver(job.on_done, "", {"error": "internal"})
             return
         encode_s = time.perf_counter() - t0
-        for job, emb in zip(batch, speech, strict=True):
+        for job, enc in zip(batch, encoded, strict=True):
             if job.cancelled:
                 continue
             t1 = time.perf_counter()
             try:
-                text = self._decode(job, emb)
+                text = self._decode(job, enc)
             except Exception:
                 log.exception("decoding failed (session %s, segment %d)", job.session_key, job.segment_id)
                 self._deliver(job.on_done, "", {"error": "internal"})
@@ -187,7 +198,9 @@ class Engine:
             if self.on_stats is not None:
                 self._deliver(self.on_stats, stats)
 
-    def _decode(self, job: Job, speech: np.ndarray) -> str:
+    def _decode(self, job: Job, encoded: Encoded) -> str:
+        if self.ctc_partials and job.kind == "partial":
+            return self.model.heard(encoded)
         prompts = self.model.prompts
         r = job.request
         instruction = r.instruction or prompts.instruction(r.task, r.target_lang, r.question)
@@ -200,8 +213,9 @@ class Engine:
                 shown = text
                 self._deliver(job.on_text, text)
 
-        decoded = self.model.decode(speech, instruction, self.cfg, cancelled=lambda: job.cancelled,
-                                    on_token=show if job.on_text is not None else None)
+        stream = job.on_text is not None and not self.ctc_partials
+        decoded = self.model.decode(encoded.embeddings, instruction, self.cfg, cancelled=lambda: job.cancelled,
+                                    on_token=show if stream else None)
         if decoded.stop is Stop.LOOP:
             log.info("session %s segment %d: output looped; cut", job.session_key, job.segment_id)
         return prompts.decode(decoded.tokens)

@@ -8,7 +8,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tympan.config import ConfigError, check, from_dict, non_negative, positive, read_toml
 from tympan.daemon.mqtt import MqttConfig
@@ -40,6 +40,10 @@ class DecodeConfig(DecodeSettings):
     # Re-decode a growing utterance this often (ms of new audio) and send partials.
     partial_interval_ms: int = field(default=600, metadata=check(positive))
     partials: bool = True
+    # Where partials come from: "ctc", the greedy CTC text of a CTC bridge (what was heard, read from the
+    # encoder call, no LLM decode: cheap, so partial_interval_ms can be short); "llm", a decode of the
+    # growing utterance; "auto", ctc when the bundle's encoder gives it.
+    partials_from: Literal["auto", "ctc", "llm"] = "auto"
     # Utterances encoded together in one encoder call, across sessions.
     max_batch: int = field(default=4, metadata=check(positive))
 

@@ -34,7 +34,7 @@ from tympan.atomic import atomic_directory, write_json
 from tympan.audio import load_audio
 from tympan.checksum import sha256_file
 from tympan.errors import TympanError
-from tympan.export.encoder_graph import INPUTS, OPSET, OUTPUTS, export_encoder, torch_embeddings
+from tympan.export.encoder_graph import INPUTS, OPSET, export_encoder, outputs, torch_embeddings
 from tympan.manifest import Example, load_manifests
 from tympan.runtime.bundle import Bundle, load_bundle
 from tympan.runtime.bundle_manifest import (
@@ -168,7 +168,7 @@ def write_encoder(prep: Prepared, tmp: Path) -> float:
     session = ort.InferenceSession(str(tmp / FP32_ENCODER), providers=["CPUExecutionProvider"])
     worst = 0.0
     for feats, ref in zip(prep.features, prep.embeddings, strict=True):
-        got, n = session.run(None, {"features": feats[None], "lengths": np.array([len(feats)], np.int64)})
+        got, n, *_ = session.run(None, {"features": feats[None], "lengths": np.array([len(feats)], np.int64)})
         if int(n[0]) != ref.shape[0]:
             raise ExportError(f"ONNX encoder gives {int(n[0])} positions, PyTorch {ref.shape[0]}")
         worst = max(worst, float(np.abs(got[0, : ref.shape[0]] - ref).max()))
@@ -232,7 +232,7 @@ def describe(prep: Prepared, encoder_file: str, quantize: str | None, llm: Llm) 
             embedding_dim=int(prep.embeddings[0].shape[1]),
             bridge=cfg.projector.kind,
             inputs=INPUTS,
-            outputs=OUTPUTS,
+            outputs=outputs(model),
             quantization=quantize,
         ),
         llm=llm,

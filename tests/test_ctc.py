@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
+from daemon_harness import alsa_speech
 
 from tympan.spoken import ctc_target, spoken_form
 from tympan.training.model.ctc import CtcBridge, bridge, ctc_loss_sum, greedy_ids, stack_frames
 from tympan.training.model.ctc_targets import CtcVocab, build_vocab, targets, text_of
+from tympan.training.model.speech_llm import pad_sequences
 from tympan.training.recipe import ProjectorConfig
 
 V, H = 10, 6
@@ -270,18 +276,26 @@ def test_ctc_stage_learns_and_resumes_exactly(tiny_cfg, toy_corpus, tmp_path, ca
     assert point["n"] == 6 and point["ctc_wer"] >= 0  # the tiny head barely emits yet: the figure, not its value
 
 
-def test_all_stages_over_the_bridge_train_export_and_serve(tiny_cfg, toy_corpus, tmp_path) -> None:
-    """ctc -> lora (text as simulated bridge output) -> joint (LM + CTC loss): each stage learns; the
-    checkpoint exports to a bundle that serves the same tokens."""
-    from tympan.training.model.checkpoint import load_checkpoint
-    from tympan.training.model.ctc import CtcBridge
+@pytest.fixture(scope="module")
+def ctc_run(tiny_cfg, tmp_path_factory):
+    """Every stage of the bridge recipe on the tiny model: (run directory, per-stage outcomes)."""
     from tympan.training.recipe import StageConfig, replace
     from tympan.training.trainer import train
 
     cfg = ctc_recipe(tiny_cfg, 40)
     cfg = replace(cfg, train=replace(cfg.train, lora=StageConfig(steps=20, lr=3e-3, tasks=["asr", "st", "sqa"]),
                                      joint=StageConfig(steps=20, lr=1e-3, lr_lora=1e-3, tasks=["asr", "st"])))
-    outcomes = train(cfg, "all", tmp_path, show_progress=False)
+    run = tmp_path_factory.mktemp("ctc-run")
+    return run, train(cfg, "all", run, show_progress=False)
+
+
+def test_all_stages_over_the_bridge_train_export_and_serve(ctc_run, toy_corpus) -> None:
+    """ctc -> lora (text as simulated bridge output) -> joint (LM + CTC loss): each stage learns; the
+    checkpoint exports to a bundle that serves the same tokens."""
+    from tympan.training.model.checkpoint import load_checkpoint
+    from tympan.training.model.ctc import CtcBridge
+
+    tmp_path, outcomes = ctc_run
     assert [o.stage for o in outcomes] == ["ctc", "lora", "joint"] and all(o.final for o in outcomes)
     for stage in ("lora", "joint"):
         log = [json.loads(x) for x in (tmp_path / stage / "log.jsonl").read_text().splitlines()]
@@ -314,7 +328,84 @@ def test_all_stages_over_the_bridge_train_export_and_serve(tiny_cfg, toy_corpus,
     (checkpoint_speech,) = model.project(model.encode([audio]))
     assert speech.shape == tuple(checkpoint_speech.shape)
     assert served.decode(speech, instruction).tokens == model.generate([checkpoint_speech], [instruction])[0]
+    # The graph's greedy CTC text (the daemon's partials) is the checkpoint's greedy CTC decode.
+    (encoded,) = served.encode([audio])
+    with torch.no_grad():
+        logits, frames = model.projector.logits(*pad_sequences(model.encode([audio])))
+    (expected,) = greedy_ids(logits, frames)
+    assert served.hears and encoded.ctc_ids == model.projector.vocab_ids[expected].tolist()
+    assert served.heard(encoded) == served.prompts.decode(encoded.ctc_ids)
     # A bridge that heard nothing: no decode, an empty answer, on both sides.
     nothing = served.decode(speech[:0], instruction)
     assert nothing.tokens == [] and nothing.stop is Stop.NOTHING_HEARD
     assert model.generate([checkpoint_speech[:0]], [instruction]) == [[]]
+
+
+@pytest.fixture(scope="module")
+def hearing_bundle(ctc_run):
+    """The tiny bridge's bundle with its blank silenced, so the tiny head's CTC text is never empty."""
+    from safetensors.torch import load_file, save_file
+
+    from tympan.export.bundle import export_bundle
+
+    run, _ = ctc_run
+    checkpoint = run / "hearing"
+    shutil.copytree(run / "joint" / "final", checkpoint)
+    weights = load_file(str(checkpoint / "projector.safetensors"))
+    weights["blank_bias"] = torch.tensor(-1e4)
+    save_file(weights, str(checkpoint / "projector.safetensors"))
+    export_bundle(checkpoint, run / "hearing-bundle")
+    return run / "hearing-bundle"
+
+
+def test_the_engine_gives_the_heard_text_as_partials_without_the_llm(hearing_bundle) -> None:
+    """A partial is the encoder call's greedy CTC text; a final is the LLM's decode, its tokens not streamed."""
+    from tympan.daemon.engine import Engine, Job
+    from tympan.daemon.protocol import Request
+    from tympan.daemon.settings import DecodeConfig
+    from tympan.runtime.speech_model import SpeechModel
+
+    model = SpeechModel.load(hearing_bundle)
+    audio = alsa_speech("Front_Center")
+    (encoded,) = model.encode([audio])
+    heard = model.heard(encoded)
+    assert model.hears and heard
+    answer = model.respond(audio, model.prompts.instruction("asr", "en"))
+    streamed: list[str] = []
+
+    async def run(partials_from: str) -> dict[str, str]:
+        loop = asyncio.get_running_loop()
+        engine = Engine(model, DecodeConfig(partials_from=partials_from), loop)
+        got: dict[str, str] = {}
+        done = asyncio.Event()
+
+        def on_done(kind: str):
+            def deliver(text: str, stats: dict) -> None:
+                got[kind] = text
+                if len(got) == 2:
+                    done.set()
+            return deliver
+
+        engine.start()
+        engine.submit(Job("s", 0, "partial", audio, Request(), on_done=on_done("partial")))
+        engine.submit(Job("t", 0, "final", audio, Request(), on_done=on_done("final"), on_text=streamed.append))
+        await asyncio.wait_for(done.wait(), 60)
+        engine.stop()
+        return got
+
+    got = asyncio.run(run("auto"))
+    assert got == {"partial": heard, "final": answer} and streamed == []
+    got = asyncio.run(run("llm"))  # the old way: partials are LLM decodes, the final's tokens stream
+    assert got["partial"] == answer and got["final"] == answer and streamed
+
+
+def test_ctc_partials_need_a_ctc_bundle(tympan_home, tmp_path) -> None:
+    """A dense bundle with partials_from = "ctc": the daemon refuses to start, in one line naming the key."""
+    from tympan.daemon.cli import default_bundle
+
+    config = tmp_path / "daemon.toml"
+    config.write_text('[decode]\npartials_from = "ctc"\n')
+    out = subprocess.run([sys.executable, "-m", "tympan", "serve", "--config", str(config), "--bundle",
+                          str(default_bundle()), "--port", "0"], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert 'decode.partials_from = "ctc"' in out.stderr and "'dense'" in out.stderr, out.stderr

@@ -1,8 +1,13 @@
-"""The ONNX encoder + projector of a bundle: audio -> LLM input embeddings, numpy and onnxruntime only."""
+"""The ONNX encoder + projector of a bundle: audio -> LLM input embeddings, numpy and onnxruntime only.
+
+A CTC bridge's graph also gives each CTC frame's best label: `encode` returns their greedy
+collapse (repeats merged, blanks dropped) as LLM token ids, what was heard, with no LLM decode.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -31,6 +36,23 @@ def session_options(threads: int | None):
     return opts
 
 
+@dataclass(frozen=True)
+class Encoded:
+    embeddings: np.ndarray  # (positions, hidden): what the LLM reads
+    ctc_ids: list[int] | None  # greedy CTC text as LLM token ids (a CTC bridge's graph), else None
+
+
+def collapse(labels: np.ndarray) -> list[int]:
+    """Greedy CTC: frame labels (LLM ids, -1 the blank) -> repeats merged, blanks dropped."""
+    out: list[int] = []
+    previous = -1
+    for label in labels.tolist():
+        if label != previous and label != -1:
+            out.append(label)
+        previous = label
+    return out
+
+
 class OnnxEncoder:
     def __init__(self, bundle: Bundle, threads: int | None = None, providers: list[str] | None = None,
                  file: str | None = None) -> None:
@@ -47,13 +69,20 @@ class OnnxEncoder:
                                                 providers=providers or ["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types
             raise BundleError(f"{path}: onnxruntime cannot load it: {e}") from None
+        self.gives_ctc = "ctc_labels" in [o.name for o in self.session.get_outputs()]
 
     def __call__(self, audios: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Mono float32 waveforms at the bundle's rate -> one (positions, hidden) array each."""
+        return [e.embeddings for e in self.encode(audios)]
+
+    def encode(self, audios: Sequence[np.ndarray]) -> list[Encoded]:
+        """Mono float32 waveforms at the bundle's rate -> embeddings, and the greedy CTC ids where the graph
+        gives them."""
         for a in audios:
             if a.shape[0] > self.max_samples:
                 raise AudioError(f"{a.shape[0] / self.sample_rate:.1f} s of audio exceeds the encoder's "
                                  f"{self.max_samples / self.sample_rate:.0f} s limit")
         feats, lengths = pad_features([self.features(a) for a in audios])
-        out, out_lengths = self.session.run(None, {"features": feats, "lengths": lengths})
-        return [out[i, : int(n)] for i, n in enumerate(out_lengths)]
+        out, out_lengths, *ctc = self.session.run(None, {"features": feats, "lengths": lengths})
+        return [Encoded(out[i, : int(n)], collapse(ctc[0][i, : int(ctc[1][i])]) if ctc else None)
+                for i, n in enumerate(out_lengths)]

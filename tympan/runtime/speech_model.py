@@ -14,7 +14,7 @@ from tympan.runtime.bundle import Bundle, load_bundle
 from tympan.runtime.bundle_manifest import BundleError
 from tympan.runtime.decode import DEFAULT_SETTINGS, Decoded, DecodeSettings, StepLLM, Stop, greedy_decode
 from tympan.runtime.llm import load_llm
-from tympan.runtime.onnx_encoder import OnnxEncoder
+from tympan.runtime.onnx_encoder import Encoded, OnnxEncoder
 from tympan.runtime.prompt import Prompts
 
 
@@ -36,8 +36,23 @@ class SpeechModel:
     def sample_rate(self) -> int:
         return self.encoder.sample_rate
 
+    @property
+    def hears(self) -> bool:
+        """The encoder graph gives greedy CTC text (a CTC bridge): what was heard, without the LLM."""
+        return self.encoder.gives_ctc
+
     def embed_audio(self, audios: Sequence[np.ndarray]) -> list[np.ndarray]:
         return self.encoder(audios)
+
+    def encode(self, audios: Sequence[np.ndarray]) -> list[Encoded]:
+        return self.encoder.encode(audios)
+
+    def heard(self, encoded: Encoded) -> str:
+        """The greedy CTC text of an encoded utterance (spoken form: lower case, numbers in words)."""
+        if encoded.ctc_ids is None:
+            raise BundleError(f"{self.bundle.path}: the encoder graph gives no CTC labels (bridge "
+                              f"{self.bundle.manifest.encoder.bridge!r})")
+        return self.prompts.decode(encoded.ctc_ids).strip()
 
     def inputs(self, speech: np.ndarray, instruction: str) -> np.ndarray:
         before, after = self.prompts.ids(instruction)
