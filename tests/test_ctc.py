@@ -274,6 +274,14 @@ def test_ctc_stage_learns_and_resumes_exactly(tiny_cfg, toy_corpus, tmp_path, ca
                     "--manifest", str(toy_corpus / "dev.jsonl")])
     point = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert point["n"] == 6 and point["ctc_wer"] >= 0  # the tiny head barely emits yet: the figure, not its value
+    # The same point as a row of the learning curve (models/default/curve.jsonl), from a step checkpoint.
+    from tympan.training import curve
+
+    curve.main(["--checkpoint", str(tmp_path / "a" / "ctc" / "step-000040"), "--config", str(tmp_path / "ctc.toml"),
+                "--dev", str(toy_corpus / "dev.jsonl"), "--out", str(tmp_path / "curve.jsonl")])
+    row = json.loads((tmp_path / "curve.jsonl").read_text())
+    assert (row["stage"], row["step"], row["total_steps"]) == ("ctc", 40, 40)
+    assert row["dev"] == {"asr": {"en": {"ctc_wer": point["ctc_wer"], "n": 6}}}
 
 
 @pytest.fixture(scope="module")
@@ -409,3 +417,29 @@ def test_ctc_partials_need_a_ctc_bundle(tympan_home, tmp_path) -> None:
                           str(default_bundle()), "--port", "0"], capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert 'decode.partials_from = "ctc"' in out.stderr and "'dense'" in out.stderr, out.stderr
+
+
+def test_eval_reports_the_ctc_text_beside_the_answer(ctc_run, hearing_bundle, toy_corpus) -> None:
+    """`tympan eval` scores the greedy CTC text beside the LLM's answer, the same from the bundle and from
+    the checkpoint it was exported from."""
+    from tympan.evaluate import BundleRunner, evaluate, format_report
+    from tympan.manifest import load_manifest
+    from tympan.scoring import normalize_english, wer
+    from tympan.training.model.runner import CheckpointRunner
+
+    examples = [e for e in load_manifest(toy_corpus / "dev.jsonl") if e.is_speech and e.task == "asr"]
+    report = evaluate(BundleRunner(hearing_bundle), examples)
+    hyps = report.hypotheses[("asr", "en")]
+    assert all(h.heard for h in hyps)
+    figures = report.scores[("asr", "en")]
+    assert figures["ctc_wer"] == round(wer([h.example.target for h in hyps], [h.heard for h in hyps],
+                                           normalize_english), 2)
+    assert "CTC WER" in format_report(report)
+    checkpoint = CheckpointRunner(ctc_run[0] / "hearing")
+    assert [checkpoint.heard(a) for a in [_load(h.example, 16000) for h in hyps]] == [h.heard for h in hyps]
+
+
+def _load(example, rate: int):
+    from tympan.audio import load_audio
+
+    return load_audio(example.audio, rate)

@@ -262,13 +262,32 @@ def load_bridge(cfg: Recipe, checkpoint: Path, encoder: SpeechEncoder, tokenizer
     return model.eval(), vocab
 
 
+def score_checkpoint(cfg: Recipe, checkpoint: Path, manifests: Sequence[Path]
+                     ) -> list[tuple[Path, list[Example], list[str], float]]:
+    """Greedy-CTC text and WER of a ctc-stage checkpoint on each manifest's ASR lines (a learning-curve point):
+    (manifest, examples, hypotheses, WER %) each."""
+    from tympan.config import tympan_home
+    from tympan.manifest import load_manifest
+    from tympan.training.model.checkpoint import build_base
+
+    base = build_base(cfg)
+    embeddings = base.llm.get_input_embeddings().weight.detach().float()
+    model, vocab = load_bridge(cfg, checkpoint, base.encoder, base.tokenizer, embeddings)
+    cache = EncoderCache(tympan_home() / "cache", base.encoder, cfg.train.cache_dtype)
+    out = []
+    for manifest in manifests:
+        examples = [e for e in load_manifest(manifest) if e.is_speech and e.task == "asr"]
+        cache.fill([e for e in examples if not cache.has(e)], torch.device("cpu"), cfg.train.encode_batch_size)
+        hyps = transcribe(model, base.tokenizer, vocab, [cache.get(e) for e in examples])
+        out.append((manifest, examples, hyps, scoring.wer([e.target for e in examples], hyps,
+                                                          scoring.normalize_english)))
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Greedy-CTC WER of a ctc-stage checkpoint on manifests' ASR lines (a learning-curve point)."""
     import argparse
 
-    from tympan.config import tympan_home
-    from tympan.manifest import load_manifest
-    from tympan.training.model.checkpoint import build_base
     from tympan.training.recipe import load_config
 
     p = argparse.ArgumentParser(prog="python -m tympan.training.ctc_stage", description=main.__doc__)
@@ -277,16 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--manifest", type=Path, action="append", required=True)
     p.add_argument("--show", type=int, default=0, help="print N hypotheses per manifest")
     args = p.parse_args(argv)
-    cfg = load_config(args.config)
-    base = build_base(cfg)
-    embeddings = base.llm.get_input_embeddings().weight.detach().float()
-    model, vocab = load_bridge(cfg, args.checkpoint, base.encoder, base.tokenizer, embeddings)
-    cache = EncoderCache(tympan_home() / "cache", base.encoder, cfg.train.cache_dtype)
-    for manifest in args.manifest:
-        examples = [e for e in load_manifest(manifest) if e.is_speech and e.task == "asr"]
-        cache.fill([e for e in examples if not cache.has(e)], torch.device("cpu"), cfg.train.encode_batch_size)
-        hyps = transcribe(model, base.tokenizer, vocab, [cache.get(e) for e in examples])
-        wer = scoring.wer([e.target for e in examples], hyps, scoring.normalize_english)
+    for manifest, examples, hyps, wer in score_checkpoint(load_config(args.config), args.checkpoint, args.manifest):
         print(json.dumps({"manifest": str(manifest), "n": len(examples), "ctc_wer": round(wer, 2)}))
         for e, h in list(zip(examples, hyps, strict=True))[: args.show]:
             print(f"  ref: {e.target}\n  hyp: {h}")

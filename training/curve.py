@@ -2,7 +2,9 @@
 
 Each row: when, stage and step, the total steps behind it (all stages), hours of distinct
 training audio in the manifests it was trained on, and `tympan eval` figures on the dev set
-(a fixed subset) and on the real recordings. Run after every training session:
+(a fixed subset) and on the real recordings; with a CTC bridge, ASR's `ctc_wer` (the greedy CTC
+text alone) beside the full model's `wer`. A ctc-stage checkpoint (RUN/ctc/step-N, no LLM
+trained yet) gives `ctc_wer` alone and needs `--config`. Run after every training session:
 
   python -m tympan.training.curve --checkpoint RUN/joint/step-000400 \
       --dev $TYMPAN_HOME/data/default/dev.jsonl --real $TYMPAN_HOME/data/real/real.jsonl \
@@ -22,10 +24,12 @@ import soundfile as sf
 
 from tympan.evaluate import evaluate
 from tympan.manifest import load_manifest
+from tympan.training.ctc_stage import score_checkpoint
 from tympan.training.model.checkpoint import read_config, read_meta
 from tympan.training.model.runner import CheckpointRunner
+from tympan.training.recipe import load_config
 
-STAGE_ORDER = ("projector", "lora", "joint")
+STAGE_ORDER = ("ctc", "projector", "lora", "joint")
 
 
 def audio_hours(manifests: list[Path]) -> float:
@@ -47,14 +51,25 @@ def total_steps(checkpoint: Path, stage: str, step: int) -> int:
         final = run / earlier / "final"
         if (final / "checkpoint.json").is_file():
             total += int(read_meta(final).get("step", 0))
+        elif earlier == "ctc" and (final / "projector.safetensors").is_file():
+            total += max((_step_of(d, 0) for d in (run / "ctc").glob("step-*")), default=0)
     return total
 
 
+def is_ctc_stage(checkpoint: Path) -> bool:
+    return checkpoint.parent.name == "ctc" and not (checkpoint / "checkpoint.json").is_file()
+
+
 def curve_row(checkpoint: Path, dev: Path | None, real: Path | None, limit: int | None,
-              threads: int | None) -> dict[str, Any]:
-    meta = read_meta(checkpoint)
-    cfg = read_config(checkpoint)
-    stage, step = str(meta.get("stage", "?")), int(meta.get("step", 0))
+              threads: int | None, config: Path | None = None) -> dict[str, Any]:
+    if is_ctc_stage(checkpoint):
+        assert config is not None, "a ctc-stage checkpoint carries no recipe"
+        cfg = load_config(config)
+        stage, step = "ctc", _step_of(checkpoint, cfg.train.ctc.steps)
+    else:
+        meta = read_meta(checkpoint)
+        cfg = read_config(checkpoint)
+        stage, step = str(meta.get("stage", "?")), int(meta.get("step", 0))
     train_manifests = [cfg.resolve(m) for m in cfg.data.train if not m.startswith("toy:")]
     row: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M"),
@@ -64,6 +79,12 @@ def curve_row(checkpoint: Path, dev: Path | None, real: Path | None, limit: int 
         "total_steps": total_steps(checkpoint, stage, step),
         "train_audio_hours": round(audio_hours([m for m in train_manifests if m.is_file()]), 2),
     }
+    if stage == "ctc":
+        manifests = {name: m for name, m in (("dev", dev), ("real", real)) if m is not None}
+        scored = score_checkpoint(cfg, checkpoint, list(manifests.values()))
+        for name, (_, examples, _, wer) in zip(manifests, scored, strict=True):
+            row[name] = {"asr": {"en": {"ctc_wer": round(wer, 2), "n": len(examples)}}}
+        return row
     runner = CheckpointRunner(checkpoint, threads=threads)
     for name, manifest in (("dev", dev), ("real", real)):
         if manifest is None:
@@ -71,6 +92,12 @@ def curve_row(checkpoint: Path, dev: Path | None, real: Path | None, limit: int 
         report = evaluate(runner, load_manifest(manifest), limit=limit)
         row[name] = report.to_json()
     return row
+
+
+def _step_of(checkpoint: Path, final_step: int) -> int:
+    """step-000400 -> 400; final -> the stage's configured steps."""
+    name = checkpoint.name
+    return int(name.split("-")[-1]) if name.startswith("step-") else final_step
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,9 +108,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--real", type=Path, help="real-recordings manifest (tympan data real)")
     p.add_argument("--limit", type=int, default=40, help="examples per task and language")
     p.add_argument("--threads", type=int)
+    p.add_argument("--config", type=Path, help="the run's recipe (ctc-stage checkpoints carry none)")
     p.add_argument("--out", type=Path, required=True, help="JSONL file to append the row to")
     args = p.parse_args(argv)
-    row = curve_row(args.checkpoint, args.dev, args.real, args.limit, args.threads)
+    if is_ctc_stage(args.checkpoint) and args.config is None:
+        p.error(f"{args.checkpoint} is a ctc-stage checkpoint: pass --config (the run's recipe)")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    row = curve_row(args.checkpoint, args.dev, args.real, args.limit, args.threads, args.config)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("a", encoding="utf-8") as f:
         f.write(json.dumps(row, ensure_ascii=False) + "\n")

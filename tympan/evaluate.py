@@ -34,8 +34,8 @@ if TYPE_CHECKING:  # for annotations only
     import numpy as np
 
 GroupKey = tuple[str, str]  # (task, target language)
-METRICS = {"asr": ("wer",), "st": ("bleu", "chrf"), "sqa": ("em", "f1")}
-HEADERS = {"wer": "WER", "bleu": "BLEU", "chrf": "chrF", "em": "EM", "f1": "F1"}
+METRICS = {"asr": ("wer", "ctc_wer"), "st": ("bleu", "chrf"), "sqa": ("em", "f1")}
+HEADERS = {"wer": "WER", "ctc_wer": "CTC WER", "bleu": "BLEU", "chrf": "chrF", "em": "EM", "f1": "F1"}
 
 
 class EvalError(TympanError, ValueError):
@@ -50,6 +50,10 @@ class Runner(Protocol):
     def instruction(self, ex: Example) -> str: ...
 
     def respond(self, audio: np.ndarray, instruction: str) -> str: ...
+
+    def heard(self, audio: np.ndarray) -> str | None:
+        """The greedy CTC text, before the LLM (a CTC bridge); None when the model has none."""
+        ...
 
 
 class BundleRunner:
@@ -69,11 +73,18 @@ class BundleRunner:
     def respond(self, audio: np.ndarray, instruction: str) -> str:
         return self.model.respond(audio, instruction, self.settings)
 
+    def heard(self, audio: np.ndarray) -> str | None:
+        if not self.model.hears:
+            return None
+        (encoded,) = self.model.encode([audio])
+        return self.model.heard(encoded)
+
 
 @dataclass(frozen=True)
 class Hypothesis:
     example: Example
     text: str
+    heard: str | None = None  # ASR with a CTC bridge: the greedy CTC text the LLM's answer started from
 
 
 @dataclass
@@ -164,7 +175,8 @@ def evaluate(
             text = runner.respond(audio, instructions[ex.id])
             compute_s += time.perf_counter() - start
             audio_s += len(audio) / runner.sample_rate
-            hypotheses.setdefault(key, []).append(Hypothesis(ex, text))
+            heard = runner.heard(audio) if ex.task == "asr" else None  # untimed: the encoder again
+            hypotheses.setdefault(key, []).append(Hypothesis(ex, text, heard))
             done += 1
             if progress is not None:
                 progress(done, total)
@@ -172,6 +184,11 @@ def evaluate(
         (task, lang): score_group(task, lang, [h.example.target for h in hyps], [h.text for h in hyps])
         for (task, lang), hyps in hypotheses.items()
     }
+    for (task, lang), hyps in hypotheses.items():
+        ctc_texts = [h.heard for h in hyps if h.heard is not None]
+        if task == "asr" and len(ctc_texts) == len(hyps):
+            ctc = score_group(task, lang, [h.example.target for h in hyps], ctc_texts)
+            scores[(task, lang)] = {**scores[(task, lang)], "ctc_wer": ctc["wer"]}
     return Report(scores, hypotheses, compute_s, audio_s, skipped)
 
 
@@ -181,6 +198,8 @@ def format_samples(report: Report, n: int) -> str:
         lines.append(f"{task} {lang}:")
         for h in hyps[:n]:
             lines += [f"  {h.example.id}", f"    ref: {h.example.target}", f"    hyp: {h.text}"]
+            if h.heard is not None:
+                lines.append(f"    ctc: {h.heard}")
     return "\n".join(lines)
 
 
@@ -191,7 +210,7 @@ def format_report(report: Report) -> str:
         rows = [(lang, figures) for (t, lang), figures in report.scores.items() if t == task]
         if not rows:
             continue
-        metrics = METRICS[task]
+        metrics = [m for m in METRICS[task] if all(m in figures for _, figures in rows)]
         lines = [task.upper(), f"{'lang':<6}{'n':>6}" + "".join(f"{HEADERS[m]:>9}" for m in metrics)]
         lines += [f"{lang:<6}{figures['n']:>6}" + "".join(f"{figures[m]:>9.2f}" for m in metrics)
                   for lang, figures in rows]
