@@ -95,6 +95,7 @@ class Final:
     latency_s: float  # from sending the chunk that holds `end` to receiving the final, at the client
     text: str
     at: float  # time.monotonic() of its arrival
+    stable: str = ""  # the stable prefix its utterance's last partial showed
 
 
 @dataclass
@@ -171,13 +172,17 @@ async def stream(url: str, pieces: Iterable[np.ndarray], listener: Listener, *, 
             if ready["type"] != "ready":
                 raise _Refused(f"{ready.get('code')}: {ready.get('message')}")
 
+            stable: dict[int, str] = {}  # segment -> its last partial's stable prefix
+
             async def receive() -> bool:
                 async for message in ws:
                     ev = json.loads(message)
                     now = time.monotonic()
                     if ev["type"] == "final" and log.ends:
-                        listener.final(Final(ev["end"], now - log.sent_at(ev["end"]), ev["text"], now))
+                        listener.final(Final(ev["end"], now - log.sent_at(ev["end"]), ev["text"], now,
+                                             stable.pop(ev["segment_id"], "")))
                     elif ev["type"] == "partial" and log.ends:
+                        stable[ev["segment_id"]] = ev["text"][: ev["stable_len"]]
                         listener.partial(now, now - log.sent_at(ev["end"]))
                     elif ev["type"] == "error":
                         problems.append(f"{ev['code']}: {ev['message']}")

@@ -58,6 +58,7 @@ class Result:
     hypothesis: str
     audio_s: float
     latency_ms: float | None  # None: no final came back for it
+    stable: list[tuple[str, str]] | None = None  # tympan: (last stable prefix shown, final) per utterance part
 
 
 @dataclass
@@ -78,7 +79,25 @@ class SystemRun:
                 "latency_p95_ms": round(quantile(lat, 0.95), 1) if lat else None,
                 "rtf": round(self.rtf, 4), "cpu_s_per_audio_s": round(self.cpu_per_audio_s, 4),
                 "utterances": len(self.results), "missed": sum(r.latency_ms is None for r in self.results),
-                "notes": self.notes}
+                **taken_back([pair for r in self.results for pair in (r.stable or [])]), "notes": self.notes}
+
+
+def taken_back(pairs: list[tuple[str, str]]) -> dict:
+    """How much of what partials showed as stable the final contradicts: stable words (after Whisper's English
+    normalisation) that are not the final's words at the same places. Only for streams with partials."""
+    if not pairs:
+        return {}
+    from tympan.scoring import normalize_english
+
+    shown = wrong = parts = 0
+    for stable, final in pairs:
+        s, f = normalize_english(stable).split(), normalize_english(final).split()
+        shown += len(s)
+        bad = sum(a != b for a, b in zip(s, f, strict=False)) + max(0, len(s) - len(f))
+        wrong += bad
+        parts += bad > 0
+    return {"stable_words": shown, "stable_taken_back_pct": round(100 * wrong / shown, 1) if shown else 0.0,
+            "parts_with_a_take_back": parts, "parts": len(pairs)}
 
 
 # --- tympan -----------------------------------------------------------------------------------
@@ -92,7 +111,7 @@ async def stream_one(url: str, utt: Utterance) -> Result:
     text = " ".join(f.text for f in finals if f.text.strip())
     # The utterance's last final closes it: its latency is what a user waits for after speaking.
     latency = finals[-1].latency_s * 1000 if finals else None
-    return Result(utt.id, utt.text, text, utt.seconds, latency)
+    return Result(utt.id, utt.text, text, utt.seconds, latency, [(f.stable, f.text) for f in finals])
 
 
 def run_tympan(bundle: Path, utterances: list[Utterance], threads: int, repeat: int) -> SystemRun:
@@ -174,6 +193,9 @@ def print_table(rows: list[dict], header: str) -> None:
     print()
     for r in rows:
         print(f"{r['system']}: {r['notes']}")
+        if "stable_words" in r:
+            print(f"  partials: {r['stable_taken_back_pct']:.1f} % of the {r['stable_words']} words they showed as "
+                  f"stable were not the final's ({r['parts_with_a_take_back']} of {r['parts']} finals)")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

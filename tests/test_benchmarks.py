@@ -90,7 +90,21 @@ def test_peer_compares_tympan_and_faster_whisper(bundle: Path, tmp_path: Path) -
         assert row["latency_p50_ms"] > 0 and row["rtf"] > 0 and row["cpu_s_per_audio_s"] > 0
         assert 0 <= row["wer_pct"] <= 200
     assert tympan["missed"] == 0 and tympan["latency_p50_ms"] > 300  # it waits for the endpoint silence
+    assert tympan["parts"] >= 2 and 0 <= tympan["stable_taken_back_pct"] <= 100  # partials' stable words scored
+    assert "parts" not in whisper  # no partials: nothing to score
     # Whisper tiny.en gets these two clean human recordings right: the audio reached it intact.
     assert whisper["wer_pct"] < 30, data["utterances"]
     assert [u["id"] for u in data["utterances"][whisper["system"]]] == [u["id"] for u in
                                                                         data["utterances"][tympan["system"]]]
+
+
+def test_stable_words_the_final_contradicts_are_counted() -> None:
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from peer import taken_back
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    pairs = [("The cat", "the cat sat."), ("the dog ran", "The dog sat"), ("", "anything"), ("red blue", "red")]
+    assert taken_back(pairs) == {"stable_words": 7, "stable_taken_back_pct": round(100 * 2 / 7, 1),
+                                 "parts_with_a_take_back": 2, "parts": 4}
+    assert taken_back([]) == {}
