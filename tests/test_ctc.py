@@ -443,3 +443,13 @@ def _load(example, rate: int):
     from tympan.audio import load_audio
 
     return load_audio(example.audio, rate)
+
+
+def test_shipping_in_fp16_keeps_the_bridge_token_ids() -> None:
+    """fp16 holds integers exactly only up to 2048; SmolLM2's ids reach 49151."""
+    from tympan.training.ship import _cast
+
+    state = {"vocab_ids": torch.tensor([5, 2049, 49151]), "inp.weight": torch.randn(3, 2)}
+    half = _cast(state, torch.float16)
+    assert half["vocab_ids"].dtype == torch.long and torch.equal(half["vocab_ids"], state["vocab_ids"])
+    assert half["inp.weight"].dtype == torch.float16

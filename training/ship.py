@@ -29,6 +29,11 @@ def _portable(text: str) -> str:
     return text.replace(str(tympan_home()), "$TYMPAN_HOME")
 
 
+def _cast(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Floating-point weights in `dtype`; integer tensors (a CTC bridge's LLM token ids) as they are."""
+    return {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+
+
 def _copy_trained(src: Path, dst: Path, dtype: torch.dtype) -> None:
     """checkpoint.json, config.toml, base/parts.json and the trained weights in `dtype`."""
     meta = read_meta(src)
@@ -42,13 +47,13 @@ def _copy_trained(src: Path, dst: Path, dtype: torch.dtype) -> None:
     shutil.copy(src / "base" / "parts.json", dst / "base" / "parts.json")
     if "projector" in meta["trained"]:
         state = load_file(str(src / "projector.safetensors"))
-        save_file({k: v.to(dtype).contiguous() for k, v in state.items()}, str(dst / "projector.safetensors"))
+        save_file(_cast(state, dtype), str(dst / "projector.safetensors"))
     if "lora" in meta["trained"]:
         (dst / "adapter").mkdir()
         for item in (src / "adapter").iterdir():
             if item.suffix == ".safetensors":
                 state = load_file(str(item))
-                save_file({k: v.to(dtype).contiguous() for k, v in state.items()}, str(dst / "adapter" / item.name))
+                save_file(_cast(state, dtype), str(dst / "adapter" / item.name))
             elif item.suffix == ".json":  # adapter_config.json; not PEFT's generated model card
                 (dst / "adapter" / item.name).write_text(_portable(item.read_text(encoding="utf-8")),
                                                          encoding="utf-8")
