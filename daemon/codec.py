@@ -43,6 +43,11 @@ class Codec(ABC):
     # after End lasts at least this long too.
     final_wait_s: ClassVar[float] = 0.0
 
+    def greeting(self) -> list[Command]:
+        """Commands the codec issues as the client connects, before any frame (protocols whose server speaks
+        first open the session here)."""
+        return []
+
     @abstractmethod
     def parse(self, frame: str | bytes) -> list[Command]:
         """The commands in one frame from the client; raises ProtocolError or Closing."""

@@ -30,11 +30,12 @@ from tympan.daemon.engine import Engine
 from tympan.daemon.host import AdmittedSession
 from tympan.daemon.metrics import Counter, CounterReading, Gauge, Histogram, Registry
 from tympan.daemon.mqtt import Publisher
-from tympan.daemon.protocol import ProtocolError, Request, error_event
+from tympan.daemon.protocol import LANGS, ProtocolError, Request, error_event
 from tympan.daemon.session import Session
 from tympan.daemon.settings import DaemonConfig
 from tympan.daemon.sinks import FinalsMetrics, HermesSink, MqttSink, Sink
 from tympan.daemon.vosk import VOSK_PATH, VoskCodec
+from tympan.daemon.wyoming_server import WyomingServer, info_data
 from tympan.runtime.bundle import load_bundle
 from tympan.runtime.speech_model import SpeechModel
 
@@ -68,6 +69,7 @@ class Daemon:
         self.publisher: Publisher | None = None
         self.sinks: list[Sink] = []  # after each session's own client
         self.server: Any = None
+        self.wyoming: WyomingServer | None = None
         self._stop = asyncio.Event()
         self.started = time.monotonic()
 
@@ -111,6 +113,9 @@ class Daemon:
         )
         self.port = self.server.sockets[0].getsockname()[1]
         log.info("serving %s on %s:%d", self.bundle_path, self.cfg.server.host, self.port)
+        if self.cfg.wyoming.uri:
+            self.wyoming = WyomingServer(self, self.cfg.wyoming.uri, info_data(self.model_info, self.languages()))
+            await self.wyoming.start()
         systemd.notify("READY=1")
         interval = systemd.watchdog_interval()
         if interval:
@@ -234,6 +239,17 @@ class Daemon:
             raise ProtocolError("unsupported", f"this model was not trained for {request.task} into "
                                                f"{request.target_lang!r} (trained: {', '.join(trained)})")
 
+    def languages(self) -> list[str]:
+        """The languages this bundle writes from English speech: en (transcripts), then its translation targets."""
+        out = []
+        for request in (Request("asr", "en"), *(Request("st", lang) for lang in LANGS if lang != "en")):
+            try:
+                self.check_request(request)
+            except ProtocolError:
+                continue
+            out.append(request.target_lang)
+        return out
+
     @property
     def sample_rate(self) -> int:
         return self.model.sample_rate
@@ -295,6 +311,8 @@ class Daemon:
         self.draining = True
         if self.server is not None:
             self.server.close(close_connections=False)
+        if self.wyoming is not None:
+            self.wyoming.accepting = False
         for session in list(self.sessions):
             session.drain()
         deadline = time.monotonic() + self.cfg.server.drain_timeout_s
@@ -313,6 +331,8 @@ class Daemon:
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
+        if self.wyoming is not None:
+            await self.wyoming.close()
         await asyncio.to_thread(self.engine.stop)
         if self.publisher is not None:
             await self.publisher.stop(timeout=max(1.0, deadline - time.monotonic()))
