@@ -181,7 +181,7 @@ def pcm16(audio: np.ndarray) -> bytes:
 
 async def v1_finals(daemon: DaemonProcess, audio: np.ndarray, request: dict | None = None,
                     rate: int = 16000, chunk_s: float = 0.1) -> list[dict]:
-    """The finals `/v1/stream` gives for `audio` (sent as PCM16 in `chunk_s` frames): every other protocol's reference."""
+    """The finals `/v1/stream` gives for `audio` (sent as PCM16 in `chunk_s` frames): the other protocols' reference."""
     from tympan.daemon.client import stream
 
     data, step = pcm16(audio), int(rate * chunk_s) * 2
