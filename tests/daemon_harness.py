@@ -180,7 +180,7 @@ def pcm16(audio: np.ndarray) -> bytes:
 
 
 async def v1_finals(daemon: DaemonProcess, audio: np.ndarray, request: dict | None = None,
-                    rate: int = 16000, chunk_s: float = 0.1) -> list[dict]:
+                    rate: int = 16000, chunk_s: float = 0.1, token: str | None = None) -> list[dict]:
     """The finals `/v1/stream` gives for `audio` (sent as PCM16 in `chunk_s` frames): the other protocols' reference."""
     from tympan.daemon.client import stream
 
@@ -190,7 +190,7 @@ async def v1_finals(daemon: DaemonProcess, audio: np.ndarray, request: dict | No
         for i in range(0, len(data), step):
             yield data[i : i + step], rate
 
-    events = await stream(daemon.url, chunks(), request or {"task": "asr"}, lambda e: None)
+    events = await stream(daemon.url, chunks(), request or {"task": "asr"}, lambda e: None, token=token)
     return [e for e in events if e["type"] == "final"]
 
 
