@@ -5,6 +5,7 @@ bounded (head, body, chunk sizes), and answers that close the connection. Errors
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 from collections.abc import Callable
@@ -83,6 +84,21 @@ def _head(raw: bytes) -> HttpRequest:
             raise HttpError(400, f"header {key} given twice", "bad_request")
         headers[key] = text
     return HttpRequest(parts[0].decode("ascii"), parts[1].decode("latin-1"), headers)
+
+
+async def linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seconds: float = 2.0) -> None:
+    """Before closing after an answer: end our side, then read and drop what the client still sends, for a short
+    while. Closing a socket with unread data makes the kernel reset the connection, and the client may lose the
+    answer (an error sent before a body it did not wait to finish sending)."""
+    with contextlib.suppress(Exception):  # whatever the client did meanwhile, the connection is closed next
+        if writer.can_write_eof():
+            writer.write_eof()
+
+        async def drop() -> None:
+            while await reader.read(READ):
+                pass
+
+        await asyncio.wait_for(drop(), seconds)
 
 
 async def _read(reader: asyncio.StreamReader, n: int, timeout: float) -> bytes:

@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tympan.daemon.auth import authorized, presented_token
 from tympan.daemon.host import SessionHost
-from tympan.daemon.http11 import HttpError, HttpRequest, error_response, read_request
+from tympan.daemon.http11 import HttpError, HttpRequest, error_response, linger, read_request
 from tympan.daemon.multipart import Form, MultipartError, parse_form
 from tympan.daemon.openai_codec import END, TranscriptionCodec
 from tympan.daemon.openai_formats import FORMATS
@@ -156,6 +156,7 @@ class OpenAiApi:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 writer.write(error_response(HttpError(500, "internal error", "internal")))
         finally:
+            await linger(reader, writer)
             self.active -= 1
             writer.close()
 

@@ -19,6 +19,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tympan.daemon.codec import Closing
 from tympan.daemon.host import SessionHost
+from tympan.daemon.http11 import linger
 from tympan.daemon.protocol import ProtocolError
 from tympan.daemon.session import Session
 from tympan.daemon.settings import parse_tcp_uri
@@ -90,6 +91,7 @@ class WyomingConnection:
         """A transcription that ended normally (1000) leaves the connection open for the next one."""
         if code != 1000 and self.open:
             self.open = False
+            await linger(self.reader, self.writer, 1.0)  # the client reads the error before the close
             self.writer.close()
 
 
