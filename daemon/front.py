@@ -25,21 +25,26 @@ SNIFF = 8  # enough for "GET " and any HTTP method
 class Door(asyncio.Protocol):
     """Holds a new connection until its first bytes show the method, then hands it over."""
 
-    def __init__(self, websocket: ServerConnection, http: HttpHandler, reader_limit: int) -> None:
-        self.websocket, self.http, self.reader_limit = websocket, http, reader_limit
+    def __init__(self, websocket: ServerConnection, http: HttpHandler, reader_limit: int, timeout: float) -> None:
+        self.websocket, self.http, self.reader_limit, self.timeout = websocket, http, reader_limit, timeout
         self.protocol = websocket.protocol  # serve()'s subprotocol hook checks the connection it made by this
         self.transport: asyncio.Transport | None = None
+        self.timer: asyncio.TimerHandle | None = None
         self.buffer = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        # A client that says nothing (or too little to tell) is closed, as websockets' own handshake timeout would.
+        self.timer = asyncio.get_running_loop().call_later(self.timeout, transport.close)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         if len(self.buffer) < SNIFF and b" " not in self.buffer:
             return
         assert self.transport is not None
+        if self.timer is not None:
+            self.timer.cancel()
         target: asyncio.Protocol
         if self.buffer.startswith(b"GET "):
             target = self.websocket
@@ -55,13 +60,16 @@ class Door(asyncio.Protocol):
         return None  # closed before saying anything: nothing to hand over
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
         self.transport = None
 
 
-def door_factory(http: HttpHandler, reader_limit: int) -> Callable[..., Door]:
-    """For `serve(create_connection=...)`: websockets' connection for the socket, kept behind a Door."""
+def door_factory(http: HttpHandler, reader_limit: int, timeout: float) -> Callable[..., Door]:
+    """For `serve(create_connection=...)`: websockets' connection for the socket, kept behind a Door that waits
+    at most `timeout` seconds for the first bytes."""
 
     def create(*args: Any, **kwargs: Any) -> Door:
-        return Door(ServerConnection(*args, **kwargs), http, reader_limit)
+        return Door(ServerConnection(*args, **kwargs), http, reader_limit, timeout)
 
     return create

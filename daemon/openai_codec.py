@@ -27,6 +27,7 @@ STATUS = {"bad_request": 400, "unsupported": 400, "unauthorized": 401, "overload
 
 class TranscriptionCodec(Codec):
     name = "openai"
+    partials = False  # its text streams from finals only
 
     def __init__(self, request: Request, rate: int, fmt: str, stream: bool, task: str) -> None:
         self.request, self.rate, self.fmt, self.stream, self.task = request, rate, fmt, stream, task

@@ -76,6 +76,7 @@ def _transcription_settings(session: dict[str, Any], beta: bool) -> tuple[dict[s
 
 class RealtimeCodec(Codec):
     name = "realtime"
+    partials = False  # its text streams from finals only
 
     def __init__(self, beta: bool) -> None:
         self.beta = beta

@@ -125,7 +125,7 @@ class Daemon:
             server_header=None,
             select_subprotocol=_subprotocol,
             # Uploads (POST) go to the HTTP API; the hook expects a connection class, a factory does as well.
-            create_connection=cast(Any, door_factory(self.openai.handle, MAX_HEAD)),
+            create_connection=cast(Any, door_factory(self.openai.handle, MAX_HEAD, limits.start_timeout_s)),
         )
         self.port = self.server.sockets[0].getsockname()[1]
         log.info("serving %s on %s:%d", self.bundle_path, self.cfg.server.host, self.port)

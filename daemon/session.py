@@ -201,7 +201,7 @@ class Session:
         self._maybe_partial(self.audio)
 
     def _maybe_partial(self, audio: AudioIn) -> None:
-        current = audio.current() if self.cfg.decode.partials else None
+        current = audio.current() if self.cfg.decode.partials and self.codec.partials else None
         if current is None:
             return
         segment_id, samples = current

@@ -84,6 +84,7 @@ class AudioFormat:
 
 class WyomingCodec(Codec):
     name = "wyoming"
+    partials = False  # its text streams from finals only
 
     def __init__(self) -> None:
         self.opened = False
