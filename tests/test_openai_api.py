@@ -10,6 +10,8 @@ import asyncio
 import base64
 import io
 import json
+import socket
+import time
 import urllib.request
 from pathlib import Path
 
@@ -67,7 +69,7 @@ def daemon(tympan_home: Path, tmp_path_factory: pytest.TempPathFactory, broker: 
     from tympan.daemon.cli import default_bundle
 
     work = tmp_path_factory.mktemp("openai")
-    config = (f'[auth]\ntoken = "{TOKEN}"\n[openai]\nmax_audio_s = 20.0\n'
+    config = (f'[auth]\ntoken = "{TOKEN}"\n[openai]\nmax_audio_s = 20.0\n[limits]\nstart_timeout_s = 2.0\n'
               f'[mqtt]\nurl = "{broker.url}"\nsite = "oa"\nspool = "{work / "spool.sqlite"}"\n')
     with DaemonProcess(default_bundle(), work, config) as d:
         yield d
@@ -244,3 +246,15 @@ def test_realtime_auth_by_subprotocol_and_refusals(daemon) -> None:
     assert refused["type"] == "error" and "server VAD" in refused["error"]["message"]
     assert bad["type"] == "error" and "base64" in bad["error"]["message"]
     assert status == 401
+
+
+def test_a_connection_that_says_too_little_to_route_is_closed(daemon) -> None:
+    """The port's first bytes decide between websockets and the HTTP API: a client that never sends them is
+    closed after limits.start_timeout_s, as websockets' own handshake timeout did."""
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as s:
+        s.sendall(b"PO")
+        started = time.monotonic()
+        assert s.recv(100) == b""
+        waited = time.monotonic() - started
+    assert 1.5 < waited < 6, waited
+    assert daemon.health()["ready"]
