@@ -139,3 +139,21 @@ def test_realtime_codec_speaks_first_and_reports_each_turn() -> None:
     assert rendered[3]["audio_end_ms"] == 1250 and rendered[6]["transcript"] == "你好"
     assert len({r["item_id"] for r in rendered[2:7]}) == 1 and len({r["event_id"] for r in rendered}) == len(rendered)
     assert RealtimeCodec(beta=False).render(Ready("s", Request(), {}, {}))[0].startswith('{"type": "session.created"')
+
+
+def test_the_wyoming_uri_setting_flag_and_environment() -> None:
+    import argparse
+
+    from tympan.config import ConfigError
+    from tympan.daemon.cli import register
+    from tympan.daemon.settings import load_daemon_config, parse_tcp_uri
+
+    assert load_daemon_config(env={}).wyoming.uri == ""  # off unless configured
+    assert load_daemon_config(env={"TYMPAN_WYOMING_URI": "tcp://0.0.0.0:10300"}).wyoming.uri == "tcp://0.0.0.0:10300"
+    assert parse_tcp_uri("tcp://[::1]:10300") == ("::1", 10300)
+    for bad in ("udp://host:1", "tcp://host", "tcp://host:99999", "host:10300"):
+        with pytest.raises(ConfigError, match=r"wyoming\.uri"):
+            load_daemon_config(env={"TYMPAN_WYOMING_URI": bad})
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    assert parser.parse_args(["serve", "--wyoming-uri", "tcp://127.0.0.1:10300"]).wyoming_uri == "tcp://127.0.0.1:10300"
