@@ -20,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_bundle_argument(s)
     s.add_argument("--host", help="listen address (default 127.0.0.1)")
     s.add_argument("--port", type=int, help="listen port (default 8765; 0 picks a free one)")
+    s.add_argument("--wyoming-uri", help="also serve Wyoming speech-to-text at tcp://HOST:PORT (wyoming.uri)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     s.set_defaults(run=_serve)
 
@@ -57,7 +58,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_daemon_config(args.config, overrides={"server": {"host": args.host, "port": args.port,
-                                                                 "bundle": str(args.bundle) if args.bundle else None}})
+                                                                 "bundle": str(args.bundle) if args.bundle else None},
+                                                      "wyoming": {"uri": args.wyoming_uri}})
     bundle = Path(cfg.server.bundle) if cfg.server.bundle else default_bundle()
     return asyncio.run(run_daemon(cfg, bundle))
 

@@ -42,6 +42,13 @@ class Codec(ABC):
     # How long an answer waits for a final the protocol owes the client; the wait for the finals
     # after End lasts at least this long too.
     final_wait_s: ClassVar[float] = 0.0
+    # Whether the client has any use for partials; when not, none are decoded for it (they cost model time).
+    partials: ClassVar[bool] = True
+
+    def greeting(self) -> list[Command]:
+        """Commands the codec issues as the client connects, before any frame (protocols whose server speaks
+        first open the session here)."""
+        return []
 
     @abstractmethod
     def parse(self, frame: str | bytes) -> list[Command]:

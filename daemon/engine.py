@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from tympan.config import ConfigError
-from tympan.daemon.protocol import Request
+from tympan.daemon.protocol import Request, with_context
 from tympan.daemon.settings import DecodeConfig
 from tympan.runtime.decode import Stop
 from tympan.runtime.onnx_encoder import Encoded
@@ -203,7 +203,7 @@ class Engine:
             return self.model.heard(encoded)
         prompts = self.model.prompts
         r = job.request
-        instruction = r.instruction or prompts.instruction(r.task, r.target_lang, r.question)
+        instruction = with_context(r.instruction or prompts.instruction(r.task, r.target_lang, r.question), r.context)
         shown = ""
 
         def show(tokens: Sequence[int]) -> None:

@@ -1,8 +1,8 @@
 """What passes between a session and its codec, in no protocol's words.
 
-Commands come from the client (a codec parses its frames into them): `Open` first, then
-`Configure`, `Audio` and `End` in any order. Events go to the client (a codec renders them into
-its frames); `Partial` and `Final` go to every sink (sinks.py) as well.
+Commands come from the client (a codec parses its frames into them, or issues them on connect: its
+`greeting`): `Open` first, then `Configure`, `Audio` and `End` in any order. Events go to the client (a
+codec renders them into its frames); `Partial` and `Final` go to every sink (sinks.py) as well.
 """
 
 from __future__ import annotations
@@ -63,6 +63,21 @@ class Ready:
 
 
 @dataclass(frozen=True)
+class Configured:
+    """A Configure was applied: `request` is what the utterances from now on get."""
+
+    request: Request
+
+
+@dataclass(frozen=True)
+class Onset:
+    """Utterance `segment_id` has started, `start` seconds into the stream (its Endpoint or Lost follows)."""
+
+    segment_id: int
+    start: float
+
+
+@dataclass(frozen=True)
 class Partial:
     """The newest hypothesis of an utterance still going on; its first `stable_len` characters stay."""
 
@@ -90,9 +105,10 @@ class Final:
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Utterance `segment_id` has ended: its Final follows, unless it is Lost."""
+    """Utterance `segment_id` has ended (its speech at `end` seconds): its Final follows, unless it is Lost."""
 
     segment_id: int
+    end: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -120,4 +136,4 @@ class Shutdown:
     """The daemon is shutting down: the session closes once what is queued for the client is sent."""
 
 
-Event = Ready | Partial | Final | Endpoint | Lost | Error | Done | Shutdown
+Event = Ready | Configured | Onset | Partial | Final | Endpoint | Lost | Error | Done | Shutdown

@@ -44,6 +44,9 @@ class Request:
     target_lang: str = "en"
     question: str | None = None
     instruction: str | None = None
+    # Names and terms the speech may contain (OpenAI's `prompt`, Wyoming's transcript names and terms),
+    # added to the instruction as context.
+    context: str | None = None
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,7 @@ def _request_fields(obj: dict[str, Any], base: Request) -> Request:
     instruction = _text(obj, "instruction") if "instruction" in obj else base.instruction
     if task == "sqa" and not question and not instruction:
         raise ProtocolError("bad_request", "task 'sqa' needs a 'question' (or an 'instruction')")
-    return Request(task, lang, question, instruction)
+    return Request(task, lang, question, instruction, base.context)
 
 
 def parse_text(frame: str) -> ClientMessage:
@@ -138,6 +141,11 @@ def parse_text(frame: str) -> ClientMessage:
     raise ProtocolError("bad_request", f"unknown message type {kind!r} (start, config, stop)")
 
 
+def with_context(instruction: str, context: str | None) -> str:
+    """The instruction with the names and terms to expect, when a client gave some."""
+    return f"{instruction}\nNames and terms that may occur: {context}" if context else instruction
+
+
 def apply_config(base: Request, message: Reconfigure) -> Request:
     return _request_fields(message.changes, base)
 
@@ -171,4 +179,8 @@ def error_event(code: ErrorCode, message: str) -> str:
 
 
 def request_dict(request: Request) -> dict[str, Any]:
-    return asdict(request)
+    """The request as JSON; `context` only when a protocol that has it set it."""
+    d = asdict(request)
+    if d["context"] is None:
+        del d["context"]
+    return d

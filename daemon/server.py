@@ -8,42 +8,55 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import signal
 import ssl
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import ServerConnection, serve
 
 from tympan.config import ConfigError
 from tympan.daemon import systemd
+from tympan.daemon.auth import authorized, presented_token
 from tympan.daemon.codec import Codec
 from tympan.daemon.codec_v1 import V1Codec
 from tympan.daemon.engine import Engine
+from tympan.daemon.front import door_factory
 from tympan.daemon.host import AdmittedSession
+from tympan.daemon.http11 import MAX_HEAD
 from tympan.daemon.metrics import Counter, CounterReading, Gauge, Histogram, Registry
 from tympan.daemon.mqtt import Publisher
-from tympan.daemon.protocol import ProtocolError, Request, error_event
+from tympan.daemon.openai_api import OpenAiApi
+from tympan.daemon.protocol import LANGS, ProtocolError, Request, error_event
+from tympan.daemon.realtime import REALTIME_PATH, RealtimeCodec, is_beta
 from tympan.daemon.session import Session
 from tympan.daemon.settings import DaemonConfig
 from tympan.daemon.sinks import FinalsMetrics, HermesSink, MqttSink, Sink
 from tympan.daemon.vosk import VOSK_PATH, VoskCodec
+from tympan.daemon.wyoming_server import WyomingServer, info_data
 from tympan.runtime.bundle import load_bundle
 from tympan.runtime.speech_model import SpeechModel
 
 log = logging.getLogger("tympan.daemon")
 STREAM_PATH = "/v1/stream"
-CODECS: dict[str, type[Codec]] = {STREAM_PATH: V1Codec, VOSK_PATH: VoskCodec}  # websocket path -> its protocol
+# websocket path -> its protocol's codec, made from the handshake's headers
+CODECS: dict[str, Callable[[Any], Codec]] = {STREAM_PATH: lambda _: V1Codec(), VOSK_PATH: lambda _: VoskCodec(),
+                                             REALTIME_PATH: lambda headers: RealtimeCodec(is_beta(headers))}
 STATIC = Path(__file__).resolve().parent / "static"
 STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                 ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
+
+
+def _subprotocol(connection: Any, offered: Any) -> Any:
+    """Realtime clients in browsers offer `realtime` (with their key and dialect as more subprotocols): accept it;
+    other clients offer none."""
+    return "realtime" if "realtime" in offered else None
 
 
 @dataclass
@@ -68,6 +81,7 @@ class Daemon:
         self.publisher: Publisher | None = None
         self.sinks: list[Sink] = []  # after each session's own client
         self.server: Any = None
+        self.wyoming: WyomingServer | None = None
         self._stop = asyncio.Event()
         self.started = time.monotonic()
 
@@ -100,6 +114,7 @@ class Daemon:
             self.sinks.append(MqttSink(self.publisher))
             if self.cfg.mqtt.hermes:
                 self.sinks.append(HermesSink(self.publisher, self.cfg.mqtt.site))
+        self.openai = OpenAiApi(self, self.bundle_path.name)
         self.server = await serve(
             self._connection,
             self.cfg.server.host,
@@ -108,9 +123,15 @@ class Daemon:
             max_size=limits.max_frame_bytes,
             ssl=self._ssl(),
             server_header=None,
+            select_subprotocol=_subprotocol,
+            # Uploads (POST) go to the HTTP API; the hook expects a connection class, a factory does as well.
+            create_connection=cast(Any, door_factory(self.openai.handle, MAX_HEAD, limits.start_timeout_s)),
         )
         self.port = self.server.sockets[0].getsockname()[1]
         log.info("serving %s on %s:%d", self.bundle_path, self.cfg.server.host, self.port)
+        if self.cfg.wyoming.uri:
+            self.wyoming = WyomingServer(self, self.cfg.wyoming.uri, info_data(self.model_info, self.languages()))
+            await self.wyoming.start()
         systemd.notify("READY=1")
         interval = systemd.watchdog_interval()
         if interval:
@@ -183,6 +204,9 @@ class Daemon:
                 return page
         if url.path not in CODECS:
             return connection.respond(HTTPStatus.NOT_FOUND, f"no such path {url.path}; streaming is at {STREAM_PATH}\n")
+        if url.path == REALTIME_PATH and parse_qs(url.query).get("intent", ["transcription"])[0] != "transcription":
+            return connection.respond(HTTPStatus.BAD_REQUEST, "only realtime transcription sessions are served "
+                                                              "(?intent=transcription)\n")
         if self.draining:
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n")
         if self.connections >= 2 * self.cfg.limits.max_sessions + 4:
@@ -195,13 +219,10 @@ class Daemon:
 
     def _check_client(self, connection: Any, request: Any, url: Any) -> Any:
         auth = self.cfg.auth
-        if auth.token:
-            given = parse_qs(url.query).get("token", [""])[0]
-            header = request.headers.get("Authorization", "")
-            if header.startswith("Bearer "):
-                given = header[len("Bearer "):]
-            if not hmac.compare_digest(given.encode(), auth.token.encode()):
-                return connection.respond(HTTPStatus.UNAUTHORIZED, "missing or wrong token\n")
+        given = presented_token(request.headers.get("Authorization"), url.query,
+                                request.headers.get("Sec-WebSocket-Protocol"))
+        if not authorized(auth.token, given):
+            return connection.respond(HTTPStatus.UNAUTHORIZED, "missing or wrong token\n")
         origin = request.headers.get("Origin")
         same_origin = origin is not None and urlsplit(origin).netloc == request.headers.get("Host")
         if origin is not None and auth.allowed_origins and origin not in auth.allowed_origins and not same_origin:
@@ -233,6 +254,17 @@ class Daemon:
         if trained is not None and request.target_lang not in trained:
             raise ProtocolError("unsupported", f"this model was not trained for {request.task} into "
                                                f"{request.target_lang!r} (trained: {', '.join(trained)})")
+
+    def languages(self) -> list[str]:
+        """The languages this bundle writes from English speech: en (transcripts), then its translation targets."""
+        out = []
+        for request in (Request("asr", "en"), *(Request("st", lang) for lang in LANGS if lang != "en")):
+            try:
+                self.check_request(request)
+            except ProtocolError:
+                continue
+            out.append(request.target_lang)
+        return out
 
     @property
     def sample_rate(self) -> int:
@@ -273,7 +305,8 @@ class Daemon:
             await websocket.close(1001, "shutting down")
             return
         assert websocket.request is not None  # the handshake is done
-        session = Session(self, websocket, CODECS[urlsplit(websocket.request.path).path]())
+        codec = CODECS[urlsplit(websocket.request.path).path](websocket.request.headers)
+        session = Session(self, websocket, codec)
         self.connections += 1
         try:
             await session.run()
@@ -295,6 +328,9 @@ class Daemon:
         self.draining = True
         if self.server is not None:
             self.server.close(close_connections=False)
+        if self.wyoming is not None:
+            self.wyoming.accepting = False
+        self.openai.draining = True
         for session in list(self.sessions):
             session.drain()
         deadline = time.monotonic() + self.cfg.server.drain_timeout_s
@@ -313,6 +349,8 @@ class Daemon:
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
+        if self.wyoming is not None:
+            await self.wyoming.close()
         await asyncio.to_thread(self.engine.stop)
         if self.publisher is not None:
             await self.publisher.stop(timeout=max(1.0, deadline - time.monotonic()))

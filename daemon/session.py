@@ -23,11 +23,13 @@ from tympan.daemon.events import (
     Audio,
     Command,
     Configure,
+    Configured,
     Done,
     Endpoint,
     Error,
     Final,
     Lost,
+    Onset,
     Open,
     Partial,
     Ready,
@@ -99,6 +101,8 @@ class Session:
                 self.host.release(self)
 
     async def _serve(self) -> None:
+        for command in self.codec.greeting():
+            await self._do(command)
         frame = await self._recv(self.cfg.limits.start_timeout_s)
         while True:
             for command in self._parse(frame):
@@ -141,6 +145,7 @@ class Session:
                 self.client.tell(Error(e.code, str(e)))  # the session goes on with its request
                 return
             self.request = request
+            self.client.tell(Configured(request))
         elif isinstance(command, Audio):
             self._audio(command)
             self.outbox.put(await self.codec.answer())
@@ -196,7 +201,7 @@ class Session:
         self._maybe_partial(self.audio)
 
     def _maybe_partial(self, audio: AudioIn) -> None:
-        current = audio.current() if self.cfg.decode.partials else None
+        current = audio.current() if self.cfg.decode.partials and self.codec.partials else None
         if current is None:
             return
         segment_id, samples = current
@@ -209,6 +214,7 @@ class Session:
             if isinstance(ev, UtteranceStarted):
                 self.utterances[ev.segment_id] = Utterance(self.key, ev.segment_id, self.request, ev.start, self)
                 self.host.count_utterance()
+                self.client.tell(Onset(ev.segment_id, ev.start))
                 continue
             u = self.utterances.get(ev.segment_id)
             if u is None:
@@ -221,7 +227,7 @@ class Session:
                 u.drop()
                 self._forget(u.segment_id)
             elif isinstance(ev, UtteranceEnded):
-                self.client.tell(Endpoint(u.segment_id))  # before its final, which may be ready at once
+                self.client.tell(Endpoint(u.segment_id, ev.speech_end))  # before its final, which may be ready at once
                 u.endpoint(ev.audio, ev.speech_end)
         self._count_pending()
 

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from tympan.config import ConfigError, check, from_dict, non_negative, positive, read_toml
 from tympan.daemon.mqtt import MqttConfig
@@ -64,6 +65,46 @@ class LimitsConfig:
     send_queue: int = field(default=256, metadata=check(positive))
 
 
+def _wyoming_uri(value: str) -> str | None:
+    if not value:
+        return None
+    try:
+        parse_tcp_uri(value)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def parse_tcp_uri(uri: str) -> tuple[str, int]:
+    """`tcp://HOST:PORT` -> (host, port); ValueError naming what is wrong."""
+    url = urlsplit(uri)
+    if url.scheme != "tcp" or not url.hostname or url.path not in ("", "/"):
+        raise ValueError(f"must be tcp://HOST:PORT, got {uri!r}")
+    try:
+        port = url.port
+    except ValueError:
+        port = None
+    if port is None:
+        raise ValueError(f"needs a port (0-65535): tcp://HOST:PORT, got {uri!r}")
+    return url.hostname, port
+
+
+@dataclass(frozen=True)
+class WyomingConfig:
+    # Wyoming server (Home Assistant, Rhasspy 3): "tcp://HOST:PORT"; "" = off.
+    uri: str = field(default="", metadata=check(_wyoming_uri))
+    # Largest JSON header line and data section of one event; audio payloads are bounded by limits.max_frame_bytes.
+    max_header_bytes: int = field(default=65536, metadata=check(positive))
+
+
+@dataclass(frozen=True)
+class OpenAiConfig:
+    # POST /v1/audio/transcriptions and /translations: the largest upload (OpenAI's own limit is 25 MB) ...
+    max_upload_bytes: int = field(default=25 * 1024 * 1024, metadata=check(positive))
+    # ... and the longest audio, in seconds.
+    max_audio_s: float = field(default=1500.0, metadata=check(positive))
+
+
 @dataclass(frozen=True)
 class AuthConfig:
     # Bearer token required from clients ("" = none): `Authorization: Bearer T` or `?token=T`.
@@ -87,6 +128,8 @@ class DaemonConfig:
     auth: AuthConfig = field(default_factory=AuthConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
+    wyoming: WyomingConfig = field(default_factory=WyomingConfig)
+    openai: OpenAiConfig = field(default_factory=OpenAiConfig)
 
 
 def _env_value(raw: str) -> Any:

@@ -173,3 +173,28 @@ def offline_finals(bundle: Path, audio: np.ndarray, task: str = "st", target_lan
     events = segmenter.push(as_sent(audio)) + segmenter.finish()
     instruction = model.prompts.instruction(task, target_lang)
     return [model.respond(e.audio, instruction) for e in events if isinstance(e, UtteranceEnded)]
+
+
+def pcm16(audio: np.ndarray) -> bytes:
+    return (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+async def v1_finals(daemon: DaemonProcess, audio: np.ndarray, request: dict | None = None,
+                    rate: int = 16000, chunk_s: float = 0.1, token: str | None = None) -> list[dict]:
+    """The finals `/v1/stream` gives for `audio` (sent as PCM16 in `chunk_s` frames): the other protocols' reference."""
+    from tympan.daemon.client import stream
+
+    data, step = pcm16(audio), int(rate * chunk_s) * 2
+
+    async def chunks():
+        for i in range(0, len(data), step):
+            yield data[i : i + step], rate
+
+    events = await stream(daemon.url, chunks(), request or {"task": "asr"}, lambda e: None, token=token)
+    return [e for e in events if e["type"] == "final"]
+
+
+def joined(finals: list[dict]) -> str:
+    """The finals' texts as one transcript (as the Wyoming and OpenAI endpoints join them)."""
+    texts = [f["text"].strip() for f in finals if f["text"].strip()]
+    return ("" if finals and finals[0]["target_lang"] == "zh" else " ").join(texts)

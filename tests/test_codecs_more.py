@@ -1,0 +1,159 @@
+"""The Wyoming, realtime and upload codecs and their parsers on their own (frames in, commands out; events in,
+frames out). End to end, with the real clients: test_wyoming.py, test_openai_api.py, test_fuzz_wyoming_http.py."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import pytest
+
+from tympan.daemon.codec import Closing
+from tympan.daemon.events import Audio, Configure, Configured, Done, End, Endpoint, Final, Lost, Onset, Open, Ready
+from tympan.daemon.multipart import MultipartError, parse_form
+from tympan.daemon.openai_formats import body
+from tympan.daemon.protocol import ProtocolError, Request
+from tympan.daemon.realtime import RealtimeCodec
+from tympan.daemon.transcript import Transcript
+from tympan.daemon.wyoming_codec import WyomingCodec, request_for
+from tympan.daemon.wyoming_frames import FramingError, decode, encode
+
+
+def final(segment_id: int, text: str, lang: str = "de", start: float = 0.5, end: float = 1.5) -> Final:
+    return Final(segment_id, text, "st" if lang != "en" else "asr", lang, start, end, 100)
+
+
+def event(kind: str, data: dict | None = None, payload: bytes = b"") -> bytes:
+    body_ = json.dumps(data or {}).encode()
+    header = {"type": kind, "data_length": len(body_), "payload_length": len(payload)}
+    return json.dumps(header).encode() + b"\n" + body_ + payload
+
+
+def test_wyoming_languages_are_the_languages_written_and_names_are_context() -> None:
+    assert request_for({}) == Request("asr", "en")
+    assert request_for({"language": "de-DE", "transcript_names": ["Kitchen"], "transcript_terms": ["dimmer"]}) == \
+        Request("st", "de", context="Kitchen, dimmer")
+    with pytest.raises(ProtocolError, match="'fr' is not one tympan can write"):
+        request_for({"language": "fr"})
+    with pytest.raises(ProtocolError, match="'transcript_names' must be a list of strings"):
+        request_for({"transcript_names": "Kitchen"})
+
+
+def test_wyoming_codec_opens_on_transcribe_and_renders_the_stream_then_the_transcript() -> None:
+    codec = WyomingCodec()
+    assert codec.parse(event("transcribe", {"language": "it"})) == [Open(Request("st", "it"))]
+    assert codec.parse(event("audio-start", {"rate": 8000, "width": 2, "channels": 2})) == []
+    [audio] = codec.parse(event("audio-chunk", {"rate": 8000, "width": 2, "channels": 2},
+                                np.array([16384, 0, -16384, -16384], "<i2").tobytes()))
+    assert isinstance(audio, Audio) and audio.sample_rate == 8000 and audio.samples.tolist() == [0.25, -0.5]
+    with pytest.raises(Closing, match="invalid audio"):
+        codec.parse(event("audio-chunk", {"rate": 8000, "width": 2, "channels": 2}, b"\x00" * 6))
+    with pytest.raises(ProtocolError, match="not valid JSON"):  # the stream is in step: the session goes on
+        codec.parse(b'{"type": "transcribe", "data_length": 3}\nabc')
+    assert codec.parse(event("x-unknown")) == []
+    assert codec.parse(event("audio-stop")) == [End()]
+    frames = [decode(f.encode()) for ev in (Onset(0, 0.1), final(0, "Ciao."), Onset(1, 2.0), final(1, "Come stai?"),
+                                            Done("s")) for f in codec.render(ev)]
+    assert [(f.type, f.data.get("text")) for f in frames] == [
+        ("transcript-start", None), ("transcript-chunk", "Ciao."), ("transcript-chunk", " Come stai?"),
+        ("transcript", "Ciao. Come stai?"), ("transcript-stop", None)]
+
+
+def test_wyoming_frames_merge_the_data_section_and_refuse_what_is_not_an_object() -> None:
+    got = decode(b'{"type": "t", "data": {"a": 1}, "data_length": 8, "payload_length": 2}\n{"b": 2}xy')
+    assert (got.type, got.data, got.payload) == ("t", {"a": 1, "b": 2}, b"xy")
+    assert decode(encode("transcript", {"text": "Grüße"}).encode()).data == {"text": "Grüße"}
+    with pytest.raises(FramingError, match="must be a JSON object"):
+        decode(b'{"type": "t", "data_length": 2}\n[]')
+
+
+def test_transcript_joins_finals_in_order_and_chinese_without_spaces() -> None:
+    t = Transcript()
+    assert t.add(final(1, "zwei")) == "zwei" and t.add(final(2, "")) == "" and t.add(final(3, "drei")) == " drei"
+    assert t.text == "zwei drei" and [f.segment_id for f in t.segments] == [1, 3]
+    zh = Transcript()
+    zh.add(final(0, "你好。", "zh"))
+    zh.add(final(1, "再见。", "zh"))
+    assert zh.text == "你好。再见。"
+
+
+def test_openai_formats_time_their_cues_by_utterance() -> None:
+    t = Transcript()
+    t.add(final(0, "Hallo", start=0.25, end=1.5))
+    t.add(final(1, "Welt", start=3661.0, end=3662.125))
+    assert body("srt", t, "translate", "de", 3663) == \
+        "1\n00:00:00,250 --> 00:00:01,500\nHallo\n\n2\n01:01:01,000 --> 01:01:02,125\nWelt\n\n"
+    assert body("vtt", t, "translate", "de", 3663).startswith("WEBVTT\n\n00:00:00.250 --> 00:00:01.500\nHallo\n\n")
+    verbose = json.loads(body("verbose_json", t, "translate", "de", 3663))
+    assert verbose["language"] == "german" and [s["id"] for s in verbose["segments"]] == [0, 1]
+    assert body("text", t, "translate", "de", 3663) == "Hallo Welt\n"
+
+
+def test_multipart_fields_files_and_what_is_refused() -> None:
+    form = parse_form(b'preamble\r\n--x\r\nContent-Disposition: form-data; name="model"\r\n\r\ntympan\r\n'
+                      b'--x\r\nContent-Disposition: form-data; name="file"; filename*=UTF-8\'\'gr%C3%BC%C3%9F.wav\r\n'
+                      b'Content-Type: audio/wav\r\n\r\nRIFF\r\n-x\r\n--x--\r\nepilogue',
+                      'multipart/form-data; boundary="x"')
+    assert form.get("model") == "tympan"
+    assert (form.files["file"].filename, form.files["file"].content_type, form.files["file"].data) == \
+        ("grüß.wav", "audio/wav", b"RIFF\r\n-x")
+    for data, content_type, message in [
+        (b"", "application/json", "must be multipart/form-data"),
+        (b"", "multipart/form-data", "boundary of 1-70"),
+        (b"--x\r\nContent-Disposition: form-data; name=a\r\n\r\nvalue", "multipart/form-data; boundary=x",
+         "not closed by the boundary"),
+        (b"--x\r\nContent-Type: text/plain\r\n\r\nv\r\n--x--", "multipart/form-data; boundary=x", "name=..."),
+        (b"--xjunk", "multipart/form-data; boundary=x", "not followed by CRLF"),
+    ]:
+        with pytest.raises(MultipartError, match=message):
+            parse_form(data, content_type)
+
+
+def test_realtime_codec_speaks_first_and_reports_each_turn() -> None:
+    codec = RealtimeCodec(beta=True)
+    [opened] = codec.greeting()
+    assert isinstance(opened, Open) and opened.request == Request("asr", "en")
+    [configure] = codec.parse(json.dumps({"type": "transcription_session.update", "session": {
+        "input_audio_transcription": {"language": "zh", "prompt": "Tympan"}}}))
+    assert isinstance(configure, Configure) and configure.update(Request()) == Request("st", "zh", context="Tympan")
+    [audio] = codec.parse(json.dumps({"type": "input_audio_buffer.append",
+                                      "audio": base64.b64encode(np.array([16384], "<i2").tobytes()).decode()}))
+    assert isinstance(audio, Audio) and audio.sample_rate == 24000 and audio.samples.tolist() == [0.5]
+    refused = [({"type": "transcription_session.update", "session": {"input_audio_format": "g711_ulaw"}},
+                "not supported"), ({"type": "input_audio_buffer.append", "audio": "@@"}, "base64"),
+               ({"type": "input_audio_buffer.commit"}, "server VAD"), ({"type": "response.create"}, "unknown")]
+    for bad, message in refused:
+        with pytest.raises(ProtocolError, match=message):
+            codec.parse(json.dumps(bad))
+    rendered = [json.loads(f) for ev in (Ready("s", Request(), {}, {}), Configured(Request("st", "zh")),
+                                         Onset(0, 0.5), Endpoint(0, 1.25), final(0, "你好", "zh"), Onset(1, 2.0),
+                                         Lost(1)) for f in codec.render(ev)]
+    assert [r["type"] for r in rendered] == [
+        "transcription_session.created", "transcription_session.updated", "input_audio_buffer.speech_started",
+        "input_audio_buffer.speech_stopped", "input_audio_buffer.committed",
+        "conversation.item.input_audio_transcription.delta", "conversation.item.input_audio_transcription.completed",
+        "input_audio_buffer.speech_started"]  # turn 1 was dropped before its commit: nothing more about it
+    assert rendered[1]["session"]["input_audio_transcription"] == {"model": "tympan", "language": "zh",
+                                                                   "prompt": "Tympan"}
+    assert rendered[3]["audio_end_ms"] == 1250 and rendered[6]["transcript"] == "你好"
+    assert len({r["item_id"] for r in rendered[2:7]}) == 1 and len({r["event_id"] for r in rendered}) == len(rendered)
+    assert RealtimeCodec(beta=False).render(Ready("s", Request(), {}, {}))[0].startswith('{"type": "session.created"')
+
+
+def test_the_wyoming_uri_setting_flag_and_environment() -> None:
+    import argparse
+
+    from tympan.config import ConfigError
+    from tympan.daemon.cli import register
+    from tympan.daemon.settings import load_daemon_config, parse_tcp_uri
+
+    assert load_daemon_config(env={}).wyoming.uri == ""  # off unless configured
+    assert load_daemon_config(env={"TYMPAN_WYOMING_URI": "tcp://0.0.0.0:10300"}).wyoming.uri == "tcp://0.0.0.0:10300"
+    assert parse_tcp_uri("tcp://[::1]:10300") == ("::1", 10300)
+    for bad in ("udp://host:1", "tcp://host", "tcp://host:99999", "host:10300"):
+        with pytest.raises(ConfigError, match=r"wyoming\.uri"):
+            load_daemon_config(env={"TYMPAN_WYOMING_URI": bad})
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    assert parser.parse_args(["serve", "--wyoming-uri", "tcp://127.0.0.1:10300"]).wyoming_uri == "tcp://127.0.0.1:10300"
