@@ -22,12 +22,11 @@ TINY_CONFIG = ROOT / "configs" / "tiny.toml"
 def ensure_default_bundle(model: str | None = None) -> Path:
     """Export the chosen shipped model (training the tiny one first), unless already there in this
     version's bundle format."""
-    from tympan.runtime.bundle import bundle_format
-    from tympan.runtime.bundle_manifest import FORMAT
+    from tympan.runtime.bundle import BUILT_FROM, is_current, shipped_fingerprint
 
     model = model or default_model()
     out = default_bundle_path(model)
-    if bundle_format(out) == FORMAT:
+    if is_current(out, model):
         return out
     from tympan.export.bundle import export_bundle
 
@@ -51,5 +50,7 @@ def ensure_default_bundle(model: str | None = None) -> Path:
 
     real = tympan_home() / "data" / "real"
     manifest = real / "real.jsonl" if (real / "real.jsonl").is_file() else build_real_manifest(real)
+    fingerprint = shipped_fingerprint(model)
     export_bundle(SHIPPED, out, force=True, verify_manifests=[manifest])
+    (out / BUILT_FROM).write_text(f"{fingerprint}\n", encoding="utf-8")
     return out

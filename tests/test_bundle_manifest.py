@@ -84,3 +84,28 @@ def test_a_bad_manifest_is_refused_naming_the_key(change, message: str) -> None:
         BundleManifest.from_json(data, "b/manifest.json")
     with pytest.raises(BundleError, match="expected a JSON object"):
         BundleManifest.from_json([data], "b/manifest.json")
+
+
+def test_a_default_bundle_built_from_other_shipped_weights_is_not_current(tmp_path, monkeypatch) -> None:
+    """A new shipped model reaches machines that built the default bundle from the old one."""
+    from tympan.runtime import bundle as bundle_module
+
+    shipped = tmp_path / "models"
+    (shipped / "default" / "adapter").mkdir(parents=True)
+    (shipped / "default" / "checkpoint.json").write_text("{}")
+    (shipped / "default" / "adapter" / "a.safetensors").write_bytes(b"old weights")
+    monkeypatch.setattr(bundle_module, "SHIPPED_MODELS", shipped)
+    before = bundle_module.shipped_fingerprint("default")
+    assert before is not None and bundle_module.shipped_fingerprint("tiny") is None  # trained at first use
+    (shipped / "default" / "curve.jsonl").write_text('{"step": 1}\n')
+    assert bundle_module.shipped_fingerprint("default") == before  # the learning curve is not the weights
+
+    built = tmp_path / "bundle"
+    built.mkdir()
+    (built / "manifest.json").write_text(json.dumps({"format": bundle_module.FORMAT}))
+    assert not bundle_module.is_current(built, "default")  # no record of what it was built from
+    (built / bundle_module.BUILT_FROM).write_text(before + "\n")
+    assert bundle_module.is_current(built, "default")
+    (shipped / "default" / "adapter" / "a.safetensors").write_bytes(b"new weights")
+    assert not bundle_module.is_current(built, "default")
+    assert bundle_module.is_current(built, "tiny")

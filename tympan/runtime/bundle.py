@@ -7,6 +7,7 @@ refused with a message that names the file and the reason.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -95,11 +96,41 @@ def bundle_format(path: Path) -> object:
     return data.get("format") if isinstance(data, dict) else None
 
 
-def default_bundle() -> Path:
-    """The default bundle, built first if missing or of an older format, in another process: serving
-    never imports training."""
-    path = default_bundle_path()
+# The repository's shipped models (models/<name>: trained weights and config), and the file in a default bundle
+# that says which shipped weights it was built from.
+SHIPPED_MODELS = Path(__file__).resolve().parent.parent.parent / "models"
+BUILT_FROM = "built-from.sha256"
+
+
+def shipped_fingerprint(model: str) -> str | None:
+    """One sha256 over a shipped model's files (None for a model trained at first use, as "tiny" is): a
+    default bundle built from other weights is rebuilt, so a new shipped model reaches every machine."""
+    root = SHIPPED_MODELS / model
+    if not (root / "checkpoint.json").is_file():
+        return None
+    lines = [f"{p.relative_to(root).as_posix()} {sha256_file(p)}" for p in sorted(root.rglob("*"))
+             if p.is_file() and p.name != "curve.jsonl"]  # the curve grows without the weights changing
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def is_current(path: Path, model: str) -> bool:
+    """The default bundle at `path` is of this version's format and built from the shipped weights of `model`."""
     if bundle_format(path) != FORMAT:
+        return False
+    wanted = shipped_fingerprint(model)
+    if wanted is None:
+        return True
+    try:
+        return (path / BUILT_FROM).read_text(encoding="utf-8").strip() == wanted
+    except OSError:
+        return False
+
+
+def default_bundle() -> Path:
+    """The default bundle, built first if missing, of an older format or from other shipped weights, in
+    another process: serving never imports training."""
+    path = default_bundle_path()
+    if not is_current(path, default_model()):
         print(f"building the default bundle in {path} (once) ...", file=sys.stderr)
         subprocess.run([sys.executable, "-m", "tympan", "export", "--default"], check=True,
                        stdout=subprocess.DEVNULL)
