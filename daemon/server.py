@@ -23,7 +23,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from tympan.config import ConfigError
 from tympan.daemon import systemd
-from tympan.daemon.auth import authorized, presented_token
+from tympan.daemon.auth import authorized, origin_allowed, presented_token
 from tympan.daemon.codec import Codec
 from tympan.daemon.codec_v1 import V1Codec
 from tympan.daemon.engine import Engine
@@ -224,9 +224,7 @@ class Daemon:
         if not authorized(auth.token, given):
             return connection.respond(HTTPStatus.UNAUTHORIZED, "missing or wrong token\n")
         origin = request.headers.get("Origin")
-        same_origin = origin is not None and urlsplit(origin).netloc == request.headers.get("Host")
-        if origin is not None and auth.allowed_origins and origin not in auth.allowed_origins and not same_origin:
-            # The daemon's own page (same host and port) is always allowed.
+        if not origin_allowed(auth.allowed_origins, origin, request.headers.get("Host")):
             return connection.respond(HTTPStatus.FORBIDDEN, f"origin {origin} is not allowed\n")
         return None
 

@@ -103,6 +103,9 @@ class OpenAiConfig:
     max_upload_bytes: int = field(default=25 * 1024 * 1024, metadata=check(positive))
     # ... and the longest audio, in seconds.
     max_audio_s: float = field(default=1500.0, metadata=check(positive))
+    # After limits.idle_timeout_s of grace, a request body must average at least this many bytes/s (0: no floor),
+    # so a slow client cannot hold an upload slot for hours.
+    min_upload_bytes_per_s: int = field(default=32768, metadata=check(non_negative))
 
 
 @dataclass(frozen=True)
