@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 MAX_HEAD = 16384  # request line and headers
 MAX_HEADERS = 100
 TOKEN = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-READ = 65536  # body bytes per read: each read has its own timeout, so a slow upload is not cut
+READ = 65536  # body bytes per read at most (a read returns what has come; each has its own timeout)
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                404: "invalid_request_error", 405: "invalid_request_error", 408: "invalid_request_error",
                411: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
@@ -51,11 +51,14 @@ class HttpRequest:
         self.path, self.query = url.path, url.query
 
 
-def response(status: int, body: str | bytes, content_type: str, length: bool = True) -> bytes:
-    """A whole answer (or, with `length` False, the head of one whose body follows until the close)."""
+def response(status: int, body: str | bytes, content_type: str, length: bool = True, request_id: str = "") -> bytes:
+    """A whole answer (or, with `length` False, the head of one whose body follows until the close). `request_id`
+    (the session's id, as OpenAI's `x-request-id`) ties the answer to the finals published for it."""
     data = body.encode("utf-8") if isinstance(body, str) else body
     head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", f"Content-Type: {content_type}", "Connection: close",
             "Cache-Control: no-cache"]
+    if request_id:
+        head.append(f"x-request-id: {request_id}")
     if length:
         head.append(f"Content-Length: {len(data)}")
     return ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + data
@@ -121,14 +124,18 @@ class BodyClock:
         return min(self.timeout, due)
 
 
-async def _read(reader: asyncio.StreamReader, n: int, clock: BodyClock, received: int) -> bytes:
+async def _read(reader: asyncio.StreamReader, n: int, clock: BodyClock, received: int, exact: bool = True) -> bytes:
+    """`n` bytes, or with `exact` False, what has come of them (at least one)."""
     timeout = clock.left(received)
     try:
-        return await asyncio.wait_for(reader.readexactly(n), timeout)
+        data = await asyncio.wait_for(reader.readexactly(n) if exact else reader.read(n), timeout)
+        if not data:
+            raise asyncio.IncompleteReadError(b"", n)
+        return data
     except asyncio.IncompleteReadError:
         raise HttpError(400, "the request body ended before its announced length", "incomplete_body") from None
     except TimeoutError:
-        clock.left(received + n)  # the floor, if that is what ran out
+        clock.left(received)  # the rate floor, if that is what ran out
         raise HttpError(408, f"no request data for {timeout:g} s", "timeout") from None
 
 
@@ -141,7 +148,7 @@ async def _chunked(reader: asyncio.StreamReader, limit: int, clock: BodyClock) -
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             raise HttpError(400, "malformed chunked request body", "bad_request") from None
         except TimeoutError:
-            clock.left(len(body) + 1)
+            clock.left(len(body))
             raise HttpError(408, f"no request data for {timeout:g} s", "timeout") from None
         size_text = line[:-2].split(b";")[0].strip()
         if not re.fullmatch(rb"[0-9A-Fa-f]{1,8}", size_text):
@@ -153,7 +160,7 @@ async def _chunked(reader: asyncio.StreamReader, limit: int, clock: BodyClock) -
             await _read(reader, 2, clock, len(body))  # the last CRLF (no trailers expected)
             return bytes(body)
         while size:
-            part = await _read(reader, min(READ, size), clock, len(body))
+            part = await _read(reader, min(READ, size), clock, len(body), exact=False)
             body += part
             size -= len(part)
         if await _read(reader, 2, clock, len(body)) != b"\r\n":
@@ -198,7 +205,7 @@ async def read_request(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
     else:
         body, left = bytearray(), int(length or 0)
         while left:
-            part = await _read(reader, min(READ, left), clock, len(body))
+            part = await _read(reader, min(READ, left), clock, len(body), exact=False)
             body += part
             left -= len(part)
         request.body = bytes(body)
