@@ -34,6 +34,7 @@ class TranscriptionCodec(Codec):
         self.transcript = Transcript()
         self.samples = 0
         self.head_sent = False
+        self.session_id = ""  # from Ready: the answer's x-request-id, the session id its finals are published under
         self.answered = False  # the answer (or an error in its place) is out: nothing more is sent
         self.failure: HttpError | None = None  # an utterance that could not be decoded
 
@@ -54,9 +55,13 @@ class TranscriptionCodec(Codec):
     def render(self, ev: Event) -> list[str]:
         if self.answered:
             return []
-        if isinstance(ev, Ready) and self.stream:
-            self.head_sent = True
-            return [response(200, "", "text/event-stream; charset=utf-8", length=False).decode("ascii")]
+        if isinstance(ev, Ready):
+            self.session_id = ev.session_id
+            if self.stream:
+                self.head_sent = True
+                return [response(200, "", "text/event-stream; charset=utf-8", length=False,
+                                 request_id=self.session_id).decode("ascii")]
+            return []
         if isinstance(ev, Final):
             added = self.transcript.add(ev)
             return [formats.delta_event(added)] if self.stream and added else []
@@ -86,7 +91,7 @@ class TranscriptionCodec(Codec):
         if self.stream:
             return [formats.done_event(self.transcript.text, self.duration)]
         text = formats.body(self.fmt, self.transcript, self.task, self.request.target_lang, self.duration)
-        return [response(200, text, formats.CONTENT_TYPES[self.fmt]).decode("utf-8")]
+        return [response(200, text, formats.CONTENT_TYPES[self.fmt], request_id=self.session_id).decode("utf-8")]
 
     def _error(self, error: HttpError) -> list[str]:
         """`error` as the answer, or, mid-stream, as an event (the SDK raises on an event that carries one)."""
