@@ -273,3 +273,55 @@ def test_wyoming_allowed_networks_are_checked_at_start() -> None:
     assert cfg.wyoming.allowed_networks == ["192.168.1.0/24", "::1/128"]
     with pytest.raises(ConfigError, match=r"wyoming\.allowed_networks: '192\.168\.1/33' is not a network"):
         load_daemon_config(env={"TYMPAN_WYOMING_ALLOWED_NETWORKS": '["192.168.1/33"]'})
+
+
+def test_a_request_body_trickling_below_the_rate_floor_is_cut() -> None:
+    """read_request over a real loopback socket: the head must come within its timeout, and after a grace of
+    `timeout` the body must average `min_rate` bytes/s, though each read comes well within `timeout`."""
+    import asyncio
+    import time
+
+    from tympan.daemon.http11 import HttpError, read_request
+
+    async def serve_one(send) -> tuple[HttpError | bytes, float]:
+        done: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                request = await read_request(reader, writer, 1 << 20, 0.4, lambda r: None, head_timeout=0.3,
+                                             min_rate=2000)
+                done.set_result(request.body if request is not None else b"")
+            except HttpError as e:
+                done.set_result(e)
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        started = time.monotonic()
+        _, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+        sender = asyncio.ensure_future(send(writer))
+        result = await asyncio.wait_for(done, 10)
+        sender.cancel()
+        writer.close()
+        server.close()
+        return result, time.monotonic() - started
+
+    head = b"POST /v1/audio/transcriptions HTTP/1.1\r\nContent-Length: 100000\r\n\r\n"
+
+    async def trickle(writer: asyncio.StreamWriter) -> None:  # 50 bytes every 0.1 s: 500 bytes/s
+        writer.write(head)
+        while True:
+            writer.write(b"x" * 50)
+            await asyncio.sleep(0.1)
+
+    async def silent(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"POST /v1/audio/transcriptions HTTP/1.1\r\n")
+
+    async def whole(writer: asyncio.StreamWriter) -> None:
+        writer.write(head.replace(b"100000", b"5000") + b"y" * 5000)
+
+    slow, took = asyncio.run(serve_one(trickle))
+    assert isinstance(slow, HttpError) and slow.status == 408 and "slower than 2000 bytes/s" in slow.message
+    assert took < 2, took  # 0.4 s of grace, then 500 bytes/s falls behind at once
+    head_late, took = asyncio.run(serve_one(silent))
+    assert isinstance(head_late, HttpError) and head_late.status == 408 and "within 0.3 s" in head_late.message
+    assert asyncio.run(serve_one(whole))[0] == b"y" * 5000
