@@ -192,10 +192,10 @@ async def read_request(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
     if not chunked and length is None:
         raise HttpError(411, "a request body needs a Content-Length (or chunked encoding)", "length_required")
     if length is not None and not chunked:
-        if not re.fullmatch(r"[0-9]{1,15}", length):
+        if not re.fullmatch(r"[0-9]+", length):
             raise HttpError(400, f"invalid Content-Length {length[:40]!r}", "bad_request")
-        if int(length) > limit:
-            raise HttpError(413, f"the request body ({length} bytes) is over the limit of {limit} bytes",
+        if len(length.lstrip("0")) > 15 or int(length) > limit:  # a huge number is over the limit, not invalid
+            raise HttpError(413, f"the request body ({length[:40]} bytes) is over the limit of {limit} bytes",
                             "request_too_large")
     if request.headers.get("expect", "").lower() == "100-continue":
         writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
