@@ -70,6 +70,10 @@ class Session:
         self.admitted = False
 
     @property
+    def protocol(self) -> str:
+        return self.codec.name
+
+    @property
     def pending(self) -> int:
         return sum(u.decoding for u in self.utterances.values())
 
