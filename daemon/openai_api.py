@@ -144,9 +144,9 @@ class OpenAiApi:
         if not origin_allowed(auth.allowed_origins, origin, request.headers.get("host")):
             raise HttpError(403, f"origin {str(origin)[:100]} is not allowed (auth.allowed_origins)",
                             "origin_not_allowed")
-        if self.draining or self.active >= self.host.cfg.limits.max_sessions:
+        if self.draining or self.active >= self.host.cfg.limits.max_sessions or not self.host.take_connection():
             raise HttpError(503, "the server is at capacity or shutting down; try again later", "overloaded")
-        self.active += 1
+        self.active += 1  # with a connection of the budget all entry points share
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         counted = False
@@ -176,6 +176,7 @@ class OpenAiApi:
         finally:
             if counted:
                 self.active -= 1
+                self.host.give_connection()
             await linger(reader, writer)
             writer.close()
 

@@ -134,7 +134,7 @@ class WyomingServer:
             log.warning("Wyoming connection from %s refused: not in wyoming.allowed_networks", peer)
             writer.close()
             return
-        if not self.accepting or len(self.clients) >= 2 * limits.max_sessions + 4:
+        if not self.accepting or not self.host.take_connection():  # the budget all entry points share
             with contextlib.suppress(ConnectionError):
                 writer.write(encode("error", {"text": "the server is at capacity or shutting down",
                                               "code": "overloaded"}).encode())
@@ -151,6 +151,7 @@ class WyomingServer:
                 await Session(self.host, connection, WyomingCodec()).run()
         finally:
             self.clients.discard(task)
+            self.host.give_connection()
             writer.close()
 
     async def close(self) -> None:

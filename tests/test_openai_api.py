@@ -138,6 +138,9 @@ def test_every_response_format_is_the_finals_of_v1_stream(daemon, reference, bro
     # Every one of those finals went to MQTT like any other (under the session id the answer named).
     assert sorted(m["text"] for m in published if m["target_lang"] == "de") == sorted(texts * 5)
     assert len([m for m in published if m["target_lang"] == "en"]) == len(reference["en"])
+    sessions = {k: v for k, v in daemon.metrics().items() if k.startswith("tympan_protocol_sessions_total")}
+    assert sessions['tympan_protocol_sessions_total{protocol="openai"}'] >= 6, sessions  # these six, at least
+    assert sessions['tympan_protocol_sessions_total{protocol="v1"}'] >= 2, sessions  # the references
 
 
 def test_stream_true_sends_deltas_then_done(daemon, reference) -> None:

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from broker import Broker, Subscriber, free_port
 from daemon_harness import DaemonProcess, alsa_speech, joined, pcm16, silence, v1_finals
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStart, TranscriptStop
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
@@ -22,6 +24,7 @@ from wyoming.event import Event
 from wyoming.info import Describe, Info
 
 RATE, WIDTH, CHANNELS = 16000, 2, 1  # what Home Assistant sends
+MAX_SESSIONS = 2  # limits.max_sessions: a connection budget of 2 x 2 + 4 for every entry point together
 SPEECH = np.concatenate([silence(0.5), alsa_speech("Front_Center"), silence(1.0), alsa_speech("Rear_Right"),
                          silence(0.3)])
 
@@ -37,7 +40,8 @@ def daemon(tympan_home: Path, tmp_path_factory: pytest.TempPathFactory, broker: 
     from tympan.daemon.cli import default_bundle
 
     work = tmp_path_factory.mktemp("wyoming")
-    config = f'[mqtt]\nurl = "{broker.url}"\nsite = "wy"\nspool = "{work / "spool.sqlite"}"\n'
+    config = (f'[mqtt]\nurl = "{broker.url}"\nsite = "wy"\nspool = "{work / "spool.sqlite"}"\n'
+              f"[limits]\nmax_sessions = {MAX_SESSIONS}\n")
     port = free_port()  # just before the daemon binds it
     # The URI comes in as TYMPAN_WYOMING_URI, as any key can.
     with DaemonProcess(default_bundle(), work, config, env={"TYMPAN_WYOMING_URI": f"tcp://127.0.0.1:{port}"}) as d:
@@ -119,6 +123,7 @@ def test_transcripts_and_translations_are_the_finals_of_v1_stream(daemon, broker
     # Finals reached through Wyoming are published like any other (after the /v1/stream ones, not counted here).
     assert sorted(m["text"] for m in published) == sorted(f["text"] for r in reference.values() for f in r)
     assert len({m["session_id"] for m in published}) == 2  # one session per transcription
+    assert daemon.metrics()['tympan_protocol_sessions_total{protocol="wyoming"}'] == 2  # the sessions metric's label
 
 
 def test_several_transcriptions_on_one_connection_and_names_as_context(daemon) -> None:
@@ -208,3 +213,32 @@ def test_clients_outside_allowed_networks_are_refused(tympan_home: Path, tmp_pat
         assert asyncio.run(main()) in (None, "ConnectionResetError")  # no `info`: nothing is said to a stranger
         assert d.wait_log("refused: not in wyoming.allowed_networks")
         assert d.health()["ready"] and not d.tracebacks()
+
+
+def test_one_connection_budget_for_every_entry_point(daemon) -> None:
+    """Wyoming connections count against the budget the websockets and uploads share: with it spent by idle
+    Wyoming clients, the next Wyoming client is told `overloaded` and a websocket gets 503; once they go, both
+    are served again."""
+
+    async def main():
+        held = [await asyncio.open_connection("127.0.0.1", daemon.wyoming_port) for _ in range(2 * MAX_SESSIONS + 4)]
+        await asyncio.sleep(0.3)
+        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.wyoming_port)
+        refused = await asyncio.wait_for(reader.read(), 10)  # an error event, then the close
+        writer.close()
+        with pytest.raises(InvalidStatus) as e:
+            async with connect(daemon.url):
+                pass
+        for _, w in held:
+            w.close()
+        await asyncio.sleep(0.5)
+        async with connect(daemon.url):
+            pass
+        async with AsyncTcpClient("127.0.0.1", daemon.wyoming_port) as client:
+            await client.write_event(Describe().event())
+            info = await asyncio.wait_for(client.read_event(), 10)
+        return refused, e.value.response.status_code, info
+
+    refused, status, info = asyncio.run(main())
+    assert b'"overloaded"' in refused and status == 503
+    assert info is not None and Info.is_type(info.type)
