@@ -302,3 +302,25 @@ def test_uploads_from_a_foreign_origin_are_refused_and_idle_heads_take_no_slot(d
     finally:
         for s in idle:
             s.close()
+
+
+def test_an_upload_cut_short_by_the_shutdown_gets_503_not_a_partial_transcript(tympan_home: Path,
+                                                                                tmp_path: Path) -> None:
+    """SIGTERM while an upload is being transcribed: the drain ends its stream early, so the transcript would
+    cover only its start. The client gets 503 (send it again later), not a 200 passing the start off as whole."""
+    import signal
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tympan.daemon.cli import default_bundle
+
+    many = np.concatenate([SPEECH] * 8)  # 16 utterances, their finals decoded one at a time (session_backlog)
+    with DaemonProcess(default_bundle(), tmp_path, "[limits]\nsession_backlog = 1\n") as d:
+        sdk = openai.OpenAI(base_url=f"{d.http}/v1", api_key="any", max_retries=0, timeout=60)
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(sdk.audio.transcriptions.create, model="tympan", file=("many.wav", wav(many)))
+            d.wait_log(r"session \w+ started \(openai")
+            d.proc.send_signal(signal.SIGTERM)
+            with pytest.raises(openai.InternalServerError) as e:
+                answer.result(60)
+        assert e.value.status_code == 503 and e.value.body["code"] == "shutting_down", e.value.body
+        assert d.proc.wait(30) == 0 and not d.tracebacks()
