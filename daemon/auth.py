@@ -4,7 +4,7 @@ entry point (websockets, the HTTP API, the realtime websocket)."""
 from __future__ import annotations
 
 import hmac
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 REALTIME_KEY_PREFIX = "openai-insecure-api-key."  # how browsers' realtime clients pass the key (a subprotocol)
 
@@ -23,3 +23,11 @@ def presented_token(authorization: str | None, query: str, subprotocols: str | N
 def authorized(token: str, presented: str) -> bool:
     """True when no token is configured, or the presented one is it (compared in constant time)."""
     return not token or hmac.compare_digest(presented.encode(), token.encode())
+
+
+def origin_allowed(allowed: list[str], origin: str | None, host: str | None) -> bool:
+    """Whether a browser at `origin` may use an entry point: no Origin (not a browser), no list (any), listed,
+    or the daemon's own page (the Origin's host and port are the request's Host)."""
+    if origin is None or not allowed or origin in allowed:
+        return True
+    return urlsplit(origin).netloc == host

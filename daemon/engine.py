@@ -30,6 +30,7 @@ from tympan.daemon.protocol import Request, with_context
 from tympan.daemon.settings import DecodeConfig
 from tympan.runtime.decode import Stop
 from tympan.runtime.onnx_encoder import Encoded
+from tympan.runtime.prompt import Prompts
 from tympan.runtime.speech_model import SpeechModel
 
 log = logging.getLogger("tympan.engine")
@@ -53,6 +54,12 @@ class Job:
         session, and a final's over the job itself, so a job that kept them would hold its whole session,
         audio included, in a reference cycle until the garbage collector's next full pass."""
         self.on_done, self.on_text = _released, None
+
+
+def instruction_for(prompts: Prompts, r: Request) -> str:
+    """What the model is told for a request: its own instruction or the bundle's for its task, then the names and
+    terms to expect (`context`: Wyoming's transcript_names/terms, OpenAI's prompt), if any."""
+    return with_context(r.instruction or prompts.instruction(r.task, r.target_lang, r.question), r.context)
 
 
 def _released(*_: Any) -> None:
@@ -202,8 +209,7 @@ class Engine:
         if self.ctc_partials and job.kind == "partial":
             return self.model.heard(encoded)
         prompts = self.model.prompts
-        r = job.request
-        instruction = with_context(r.instruction or prompts.instruction(r.task, r.target_lang, r.question), r.context)
+        instruction = instruction_for(prompts, job.request)
         shown = ""
 
         def show(tokens: Sequence[int]) -> None:

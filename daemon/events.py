@@ -113,9 +113,10 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class Lost:
-    """Utterance `segment_id` ends without a Final: the gate dropped it, or its decode failed."""
+    """Utterance `segment_id` ends without a Final: the gate dropped it, or (`failed`) its decode failed."""
 
     segment_id: int
+    failed: bool = False
 
 
 @dataclass(frozen=True)
@@ -126,9 +127,12 @@ class Error:
 
 @dataclass(frozen=True)
 class Done:
-    """After End: every final is out (or the wait for them gave up); the session closes."""
+    """After End: every final is out (or, `gave_up`, the wait for them gave up); the session closes. `drained`:
+    the daemon's shutdown ended the stream before the client did, so the finals cover only its start."""
 
     session_id: str
+    drained: bool = False
+    gave_up: bool = False
 
 
 @dataclass(frozen=True)

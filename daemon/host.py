@@ -31,6 +31,11 @@ class AdmittedSession(Protocol):
     idle: asyncio.Event  # set while none of its finals is being decoded
 
     @property
+    def protocol(self) -> str:
+        """Its codec's name (v1, vosk, wyoming, openai, realtime): the metrics' label."""
+        ...
+
+    @property
     def pending(self) -> int:
         """Utterances whose final is being decoded or waits to go out."""
         ...
@@ -72,6 +77,13 @@ class SessionHost(Protocol):
         ...
 
     def release(self, session: AdmittedSession) -> None: ...
+
+    def take_connection(self) -> bool:
+        """Count a client connection against the budget all entry points share (False: none left, or shutting
+        down); each True is paired with a give_connection()."""
+        ...
+
+    def give_connection(self) -> None: ...
 
     def spawn(self, work: Awaitable[None]) -> None:
         """Run `work` in the background, kept until done."""

@@ -29,6 +29,20 @@ class Counter(Metric):
         return [f"{self.name} {self.value:g}"]
 
 
+class LabeledCounter(Metric):
+    """A counter per value of one label (e.g. sessions per protocol); a value appears once counted."""
+
+    def __init__(self, name: str, help_text: str, label: str) -> None:
+        super().__init__(name, help_text, "counter")
+        self.label, self.values = label, dict[str, float]()
+
+    def inc(self, value: str, amount: float = 1.0) -> None:
+        self.values[value] = self.values.get(value, 0.0) + amount
+
+    def samples(self) -> list[str]:
+        return [f'{self.name}{{{self.label}="{v}"}} {n:g}' for v, n in sorted(self.values.items())]
+
+
 class Gauge(Metric):
     """A gauge read from a function at scrape time, so it never goes stale."""
 

@@ -22,7 +22,7 @@ import math
 
 from websockets.exceptions import ConnectionClosed
 
-from tympan.daemon.auth import authorized, presented_token
+from tympan.daemon.auth import authorized, origin_allowed, presented_token
 from tympan.daemon.host import SessionHost
 from tympan.daemon.http11 import HttpError, HttpRequest, error_response, linger, read_request
 from tympan.daemon.multipart import Form, MultipartError, parse_form
@@ -36,6 +36,7 @@ log = logging.getLogger("tympan.openai")
 ROUTES = {"/v1/audio/transcriptions": "transcribe", "/v1/audio/translations": "translate"}
 OPENAI_MODELS = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe")  # names apps send; served by the bundle
 CHUNK_S = 0.5  # the upload reaches the session in frames of this length
+DECODES = 2  # uploads decoded at once (each holds its file and its decoded audio)
 
 
 class UploadConnection:
@@ -121,28 +122,45 @@ class OpenAiApi:
     def __init__(self, host: SessionHost, bundle_name: str) -> None:
         self.host = host
         self.models = ("tympan", bundle_name, *OPENAI_MODELS)
-        self.active = 0  # requests being read, decoded or transcribed
+        self.active = 0  # requests past the token check: their bodies being read, decoded or transcribed
         self.draining = False
+        self.decoding = asyncio.Semaphore(DECODES)
 
     def _check(self, request: HttpRequest) -> None:
-        """Before the body is read: the route, the method, the token, capacity."""
+        """Before the body is read: the route, the method, the token, the browser's origin, then capacity. Only
+        a request that passes takes one of the upload slots (`active`; the caller gives it back)."""
         if request.path not in ROUTES:
             raise HttpError(404, f"no route {request.method} {request.path[:80]} (the audio API is at "
                                  f"{', '.join(ROUTES)}; websockets and GET routes need GET)", "not_found")
         if request.method != "POST":
             raise HttpError(405, f"{request.path} takes POST", "method_not_allowed")
+        auth = self.host.cfg.auth
         given = presented_token(request.headers.get("authorization"), request.query)
-        if not authorized(self.host.cfg.auth.token, given):
+        if not authorized(auth.token, given):
             raise HttpError(401, "missing or wrong token (send Authorization: Bearer TOKEN)", "invalid_api_key")
-        if self.draining or self.active > self.host.cfg.limits.max_sessions:
+        # A multipart POST needs no CORS preflight: a page elsewhere could send one with the user's network
+        # position, so the browser's Origin is checked here as for the websockets.
+        origin = request.headers.get("origin")
+        if not origin_allowed(auth.allowed_origins, origin, request.headers.get("host")):
+            raise HttpError(403, f"origin {str(origin)[:100]} is not allowed (auth.allowed_origins)",
+                            "origin_not_allowed")
+        if self.draining or self.active >= self.host.cfg.limits.max_sessions or not self.host.take_connection():
             raise HttpError(503, "the server is at capacity or shutting down; try again later", "overloaded")
+        self.active += 1  # with a connection of the budget all entry points share
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.active += 1
+        counted = False
+
+        def check(request: HttpRequest) -> None:
+            nonlocal counted
+            self._check(request)
+            counted = True
+
         try:
             cfg = self.host.cfg
             request = await read_request(reader, writer, cfg.openai.max_upload_bytes, cfg.limits.idle_timeout_s,
-                                         self._check)
+                                         check, head_timeout=cfg.limits.start_timeout_s,
+                                         min_rate=cfg.openai.min_upload_bytes_per_s)
             if request is not None:
                 await self._transcribe(request, writer)
         except HttpError as e:
@@ -156,8 +174,10 @@ class OpenAiApi:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 writer.write(error_response(HttpError(500, "internal error", "internal")))
         finally:
+            if counted:
+                self.active -= 1
+                self.host.give_connection()
             await linger(reader, writer)
-            self.active -= 1
             writer.close()
 
     async def _transcribe(self, http: HttpRequest, writer: asyncio.StreamWriter) -> None:
@@ -173,7 +193,8 @@ class OpenAiApi:
         request, fmt, stream = request_of(form, task, self.models)
         rate = self.host.sample_rate
         try:
-            audio = await asyncio.to_thread(decode_upload, upload.data, rate, self.host.cfg.openai.max_audio_s)
+            async with self.decoding:
+                audio = await asyncio.to_thread(decode_upload, upload.data, rate, self.host.cfg.openai.max_audio_s)
         except UploadError as e:
             raise HttpError(400, f"the file {upload.filename[:80]!r} cannot be used: {e}", "invalid_audio",
                             "file") from None

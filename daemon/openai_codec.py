@@ -15,7 +15,7 @@ import numpy as np
 
 from tympan.daemon import openai_formats as formats
 from tympan.daemon.codec import DONE, Closing, Codec
-from tympan.daemon.events import Audio, Command, Done, End, Error, Event, Final, Open, Ready
+from tympan.daemon.events import Audio, Command, Done, End, Error, Event, Final, Lost, Open, Ready, Shutdown
 from tympan.daemon.http11 import HttpError, error_response, response
 from tympan.daemon.protocol import Request
 from tympan.daemon.transcript import Transcript
@@ -34,6 +34,9 @@ class TranscriptionCodec(Codec):
         self.transcript = Transcript()
         self.samples = 0
         self.head_sent = False
+        self.session_id = ""  # from Ready: the answer's x-request-id, the session id its finals are published under
+        self.answered = False  # the answer (or an error in its place) is out: nothing more is sent
+        self.failure: HttpError | None = None  # an utterance that could not be decoded
 
     @property
     def duration(self) -> float:
@@ -50,28 +53,58 @@ class TranscriptionCodec(Codec):
         return [Audio(samples, self.rate)]
 
     def render(self, ev: Event) -> list[str]:
-        if isinstance(ev, Ready) and self.stream:
-            self.head_sent = True
-            return [response(200, "", "text/event-stream; charset=utf-8", length=False).decode("ascii")]
+        if self.answered:
+            return []
+        if isinstance(ev, Ready):
+            self.session_id = ev.session_id
+            if self.stream:
+                self.head_sent = True
+                return [response(200, "", "text/event-stream; charset=utf-8", length=False,
+                                 request_id=self.session_id).decode("ascii")]
+            return []
         if isinstance(ev, Final):
             added = self.transcript.add(ev)
             return [formats.delta_event(added)] if self.stream and added else []
+        if isinstance(ev, Lost) and ev.failed and self.failure is None:
+            # The transcript would miss this utterance: an answer without it would look whole.
+            self.failure = HttpError(500, f"decoding utterance {ev.segment_id} failed; the transcript would be "
+                                          "incomplete", "decode_failed")
         if isinstance(ev, Error):
             log.warning("transcription: %s", ev.message)
+        if isinstance(ev, Shutdown):  # the daemon closes before the answer is ready
+            return self._error(HttpError(503, "the server is shutting down; send the file again later",
+                                         "shutting_down"))
         if isinstance(ev, Done):
-            if self.stream:
-                return [formats.done_event(self.transcript.text, self.duration)]
-            text = formats.body(self.fmt, self.transcript, self.task, self.request.target_lang, self.duration)
-            return [response(200, text, formats.CONTENT_TYPES[self.fmt]).decode("utf-8")]
+            return self._done(ev)
         return []
 
+    def _done(self, ev: Done) -> list[str]:
+        if ev.drained:
+            return self._error(HttpError(503, "the server is shutting down and cut this upload short; send the "
+                                              "file again later", "shutting_down"))
+        if self.failure is not None:
+            return self._error(self.failure)
+        if ev.gave_up:
+            return self._error(HttpError(500, "the model did not finish every utterance in time; the transcript "
+                                              "would be incomplete", "timeout"))
+        self.answered = True
+        if self.stream:
+            return [formats.done_event(self.transcript.text, self.duration)]
+        text = formats.body(self.fmt, self.transcript, self.task, self.request.target_lang, self.duration)
+        return [response(200, text, formats.CONTENT_TYPES[self.fmt], request_id=self.session_id).decode("utf-8")]
+
+    def _error(self, error: HttpError) -> list[str]:
+        """`error` as the answer, or, mid-stream, as an event (the SDK raises on an event that carries one)."""
+        self.answered = True
+        if self.head_sent:
+            kind = "server_error" if error.status >= 500 else "invalid_request_error"
+            return [formats.sse({"error": {"message": error.message, "type": kind, "code": error.code}})]
+        return [error_response(error).decode("utf-8")]
+
     def farewell(self, closing: Closing) -> tuple[list[str], str]:
-        if closing.reason == DONE:
+        if closing.reason == DONE or self.answered:
             return [], closing.reason
         e = closing.error
         error = (HttpError(STATUS.get(e.code, 500), str(e), e.code) if e is not None
                  else HttpError(500, f"the transcription failed: {closing.reason}", "internal"))
-        if self.head_sent:  # mid-stream: the SDK raises on an event that carries an error
-            return [formats.sse({"error": {"message": error.message, "type": "server_error", "code": error.code}})], \
-                closing.reason
-        return [error_response(error).decode("utf-8")], closing.reason
+        return self._error(error), closing.reason

@@ -74,6 +74,11 @@ def _transcription_settings(session: dict[str, Any], beta: bool) -> tuple[dict[s
     return _object(audio_in.get("transcription"), "audio.input.transcription"), fmt
 
 
+def _lang(language: str) -> str:
+    """"de", "DE", "de-DE", "de_DE" -> "de"."""
+    return language.replace("_", "-").split("-")[0].lower()
+
+
 class RealtimeCodec(Codec):
     name = "realtime"
     partials = False  # its text streams from finals only
@@ -81,6 +86,7 @@ class RealtimeCodec(Codec):
     def __init__(self, beta: bool) -> None:
         self.beta = beta
         self.settings: dict[str, Any] = {"model": "tympan", "language": "en", "prompt": ""}
+        self.proposed: tuple[Request, dict[str, Any]] | None = None  # an update the session has not taken yet
         self.items: dict[int, str] = {}  # segment id -> item id
         self.committed: set[int] = set()
         self.previous: str | None = None
@@ -116,17 +122,18 @@ class RealtimeCodec(Codec):
         if fmt not in (None, "pcm16"):
             raise ProtocolError("unsupported", f"input audio format {str(fmt)[:30]!r} is not supported (pcm16, 24 kHz)")
         language, prompt = transcription.get("language"), transcription.get("prompt")
-        if language is not None and (not isinstance(language, str) or language.split("-")[0] not in LANGS):
+        if language is not None and (not isinstance(language, str) or _lang(language) not in LANGS):
             raise ProtocolError("unsupported", f"language {str(language)[:20]!r}: tympan hears English and writes "
                                                f"{', '.join(LANGS)}")
         if prompt is not None and (not isinstance(prompt, str) or len(prompt) > MAX_TEXT):
             raise ProtocolError("bad_request", f"prompt must be a string of at most {MAX_TEXT} characters")
-        lang = (language or self.settings["language"]).split("-")[0]
+        lang = _lang(language) if language else self.settings["language"]
         context = prompt if prompt is not None else self.settings["prompt"]
-        self.settings = {"model": str(transcription.get("model") or self.settings["model"])[:60], "language": lang,
-                         "prompt": context}
         request = Request("asr", "en", context=context or None) if lang == "en" else \
             Request("st", lang, context=context or None)
+        # Kept only once the session takes the request (Configured): a refused one leaves the settings as they were.
+        self.proposed = (request, {"model": str(transcription.get("model") or self.settings["model"])[:60],
+                                   "language": lang, "prompt": context})
         return Configure(lambda _: request)
 
     def _append(self, audio: Any) -> Audio:
@@ -163,6 +170,9 @@ class RealtimeCodec(Codec):
         if isinstance(ev, Ready):
             return [self._event(f"{prefix}.created", session=self._session())]
         if isinstance(ev, Configured):
+            if self.proposed is not None and self.proposed[0] == ev.request:
+                self.settings = self.proposed[1]
+            self.proposed = None
             return [self._event(f"{prefix}.updated", session=self._session())]
         if isinstance(ev, Onset):
             return [self._event("input_audio_buffer.speech_started", audio_start_ms=round(ev.start * 1000),

@@ -23,14 +23,14 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from tympan.config import ConfigError
 from tympan.daemon import systemd
-from tympan.daemon.auth import authorized, presented_token
+from tympan.daemon.auth import authorized, origin_allowed, presented_token
 from tympan.daemon.codec import Codec
 from tympan.daemon.codec_v1 import V1Codec
 from tympan.daemon.engine import Engine
 from tympan.daemon.front import door_factory
 from tympan.daemon.host import AdmittedSession
 from tympan.daemon.http11 import MAX_HEAD
-from tympan.daemon.metrics import Counter, CounterReading, Gauge, Histogram, Registry
+from tympan.daemon.metrics import Counter, CounterReading, Gauge, Histogram, LabeledCounter, Registry
 from tympan.daemon.mqtt import Publisher
 from tympan.daemon.openai_api import OpenAiApi
 from tympan.daemon.protocol import LANGS, ProtocolError, Request, error_event
@@ -63,6 +63,7 @@ def _subprotocol(connection: Any, offered: Any) -> Any:
 class Stats:
     registry: Registry
     sessions_total: Counter
+    sessions_by_protocol: LabeledCounter
     utterances: Counter
     finals: Counter
     latency: Histogram
@@ -75,7 +76,7 @@ class Daemon:
         self.bundle_path = bundle_path
         self.sessions: set[AdmittedSession] = set()
         self._lingering: set[AdmittedSession] = set()
-        self.connections = 0  # open websockets, started or not
+        self.connections = 0  # open client connections of every entry point, started or not (take_connection)
         self._tasks: set[asyncio.Future[None]] = set()
         self.draining = False
         self.publisher: Publisher | None = None
@@ -146,9 +147,13 @@ class Daemon:
 
     def _metrics(self) -> None:
         r = Registry()
+        by_protocol = LabeledCounter("tympan_protocol_sessions_total", "Sessions accepted, by protocol (entry point)",
+                                     "protocol")
+        r.add(by_protocol)
         self.stats = Stats(
             registry=r,
             sessions_total=r.add(Counter("tympan_sessions_total", "Streaming sessions accepted")),  # type: ignore[arg-type]
+            sessions_by_protocol=by_protocol,
             utterances=r.add(Counter("tympan_utterances_total", "Utterances detected")),  # type: ignore[arg-type]
             finals=r.add(Counter("tympan_finals_total", "Finals sent")),  # type: ignore[arg-type]
             latency=r.add(Histogram("tympan_final_latency_seconds", "End of speech to final sent",  # type: ignore[arg-type]
@@ -224,9 +229,7 @@ class Daemon:
         if not authorized(auth.token, given):
             return connection.respond(HTTPStatus.UNAUTHORIZED, "missing or wrong token\n")
         origin = request.headers.get("Origin")
-        same_origin = origin is not None and urlsplit(origin).netloc == request.headers.get("Host")
-        if origin is not None and auth.allowed_origins and origin not in auth.allowed_origins and not same_origin:
-            # The daemon's own page (same host and port) is always allowed.
+        if not origin_allowed(auth.allowed_origins, origin, request.headers.get("Host")):
             return connection.respond(HTTPStatus.FORBIDDEN, f"origin {origin} is not allowed\n")
         return None
 
@@ -278,7 +281,19 @@ class Daemon:
             return False
         self.sessions.add(session)
         self.stats.sessions_total.inc()
+        self.stats.sessions_by_protocol.inc(session.protocol)
         return True
+
+    def take_connection(self) -> bool:
+        """One budget for every entry point's connections (websockets, uploads, Wyoming), started or not:
+        2 x limits.max_sessions + 4."""
+        if self.draining or self.connections >= 2 * self.cfg.limits.max_sessions + 4:
+            return False
+        self.connections += 1
+        return True
+
+    def give_connection(self) -> None:
+        self.connections -= 1
 
     def release(self, session: AdmittedSession) -> None:
         self.sessions.discard(session)

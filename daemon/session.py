@@ -60,6 +60,7 @@ class Session:
         self.request = Request()
         self.audio: AudioIn | None = None  # from the first audio on
         self.ended = False  # the stream is over: later audio is ignored
+        self.drained = False  # the shutdown ended the stream before the client did
         self.utterances: dict[int, Utterance] = {}  # open, or waiting for their final
         self.idle = asyncio.Event()  # set when no final is being decoded
         self.idle.set()
@@ -67,6 +68,10 @@ class Session:
         self.room.set()
         self.started_at = time.monotonic()
         self.admitted = False
+
+    @property
+    def protocol(self) -> str:
+        return self.codec.name
 
     @property
     def pending(self) -> int:
@@ -168,11 +173,13 @@ class Session:
     async def _end(self) -> None:
         self._end_of_stream()
         timeout = max(self.cfg.limits.idle_timeout_s, self.codec.final_wait_s)
+        gave_up = False
         try:
             await asyncio.wait_for(self.idle.wait(), timeout)
         except TimeoutError:
             log.error("session %s: finals still pending %g s after the end of the stream", self.id, timeout)
-        self.client.tell(Done(self.id))
+            gave_up = True
+        self.client.tell(Done(self.id, drained=self.drained, gave_up=gave_up))
         raise Closing(1000, DONE)
 
     def _end_of_stream(self) -> None:
@@ -182,6 +189,7 @@ class Session:
 
     def drain(self) -> None:
         """Shutdown: end the open utterance now; its final still goes out."""
+        self.drained = self.drained or not self.ended
         self._end_of_stream()
 
     async def close(self, code: int, reason: str) -> None:
@@ -251,11 +259,11 @@ class Session:
 
     def failed(self, segment_id: int) -> None:
         self.client.tell(Error("internal", f"decoding segment {segment_id} failed"))
-        self._forget(segment_id)
+        self._forget(segment_id, failed=True)
 
-    def _forget(self, segment_id: int) -> None:
+    def _forget(self, segment_id: int, failed: bool = False) -> None:
         self.utterances.pop(segment_id, None)
-        self.client.tell(Lost(segment_id))
+        self.client.tell(Lost(segment_id, failed))
         self._count_pending()
 
     def _count_pending(self) -> None:

@@ -7,6 +7,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -89,10 +90,32 @@ def parse_tcp_uri(uri: str) -> tuple[str, int]:
     return url.hostname, port
 
 
+def parse_networks(value: list[str]) -> list[IPv4Network | IPv6Network]:
+    """CIDR strings ("192.168.1.0/24", "::1/128", a bare address) as networks; ValueError naming a bad one."""
+    out = []
+    for v in value:
+        try:
+            out.append(ip_network(v.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{v!r} is not a network: give CIDRs such as \"192.168.1.0/24\" or \"::1/128\"") \
+                from None
+    return out
+
+
+def _networks(value: list[str]) -> str | None:
+    try:
+        parse_networks(value)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 @dataclass(frozen=True)
 class WyomingConfig:
     # Wyoming server (Home Assistant, Rhasspy 3): "tcp://HOST:PORT"; "" = off.
     uri: str = field(default="", metadata=check(_wyoming_uri))
+    # Wyoming carries no token: this is its access control. Clients' addresses (CIDRs) allowed; empty = any.
+    allowed_networks: list[str] = field(default_factory=list, metadata=check(_networks))
     # Largest JSON header line and data section of one event; audio payloads are bounded by limits.max_frame_bytes.
     max_header_bytes: int = field(default=65536, metadata=check(positive))
 
@@ -103,6 +126,9 @@ class OpenAiConfig:
     max_upload_bytes: int = field(default=25 * 1024 * 1024, metadata=check(positive))
     # ... and the longest audio, in seconds.
     max_audio_s: float = field(default=1500.0, metadata=check(positive))
+    # After limits.idle_timeout_s of grace, a request body must average at least this many bytes/s (0: no floor),
+    # so a slow client cannot hold an upload slot for hours.
+    min_upload_bytes_per_s: int = field(default=32768, metadata=check(non_negative))
 
 
 @dataclass(frozen=True)

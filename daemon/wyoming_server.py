@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from ipaddress import IPv6Address, ip_address
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed
@@ -22,7 +23,7 @@ from tympan.daemon.host import SessionHost
 from tympan.daemon.http11 import linger
 from tympan.daemon.protocol import ProtocolError
 from tympan.daemon.session import Session
-from tympan.daemon.settings import parse_tcp_uri
+from tympan.daemon.settings import parse_networks, parse_tcp_uri
 from tympan.daemon.wyoming_codec import WyomingCodec
 from tympan.daemon.wyoming_frames import FramingError, encode, event_type, read_frame
 
@@ -99,6 +100,7 @@ class WyomingServer:
     def __init__(self, host: SessionHost, uri: str, info: dict[str, Any]) -> None:
         self.host, self.info = host, encode("info", info)
         self.address = parse_tcp_uri(uri)
+        self.networks = parse_networks(host.cfg.wyoming.allowed_networks)  # checked at start (settings.py)
         self.clients: set[asyncio.Task[None]] = set()
         self.server: asyncio.Server | None = None
         self.accepting = True
@@ -112,9 +114,27 @@ class WyomingServer:
         log.info("Wyoming speech-to-text on tcp://%s:%d", host, port)
         return port
 
+    def allowed(self, peer: Any) -> bool:
+        """Whether the client's address is in `[wyoming] allowed_networks` (any, when the list is empty)."""
+        if not self.networks:
+            return True
+        try:
+            address = ip_address(str(peer[0]).split("%")[0])  # an IPv6 scope (fe80::1%eth0) is not part of it
+        except (TypeError, IndexError, ValueError):
+            return False  # not an IP socket
+        if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.networks)
+
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         limits = self.host.cfg.limits
-        if not self.accepting or len(self.clients) >= 2 * limits.max_sessions + 4:
+        peer = writer.get_extra_info("peername")
+        if not self.allowed(peer):
+            # Wyoming has no token: the network is its only access control. Nothing is said to the stranger.
+            log.warning("Wyoming connection from %s refused: not in wyoming.allowed_networks", peer)
+            writer.close()
+            return
+        if not self.accepting or not self.host.take_connection():  # the budget all entry points share
             with contextlib.suppress(ConnectionError):
                 writer.write(encode("error", {"text": "the server is at capacity or shutting down",
                                               "code": "overloaded"}).encode())
@@ -131,6 +151,7 @@ class WyomingServer:
                 await Session(self.host, connection, WyomingCodec()).run()
         finally:
             self.clients.discard(task)
+            self.host.give_connection()
             writer.close()
 
     async def close(self) -> None:

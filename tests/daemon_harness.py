@@ -54,6 +54,7 @@ class DaemonProcess:
                  tls: ssl.SSLContext | None = None, launcher: list[str] | None = None) -> None:
         self.tls = tls
         self.port = free_port()
+        self.wyoming_port = 0  # where a test that configures Wyoming puts its port
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.config = workdir / "daemon.toml"

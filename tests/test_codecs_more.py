@@ -10,8 +10,22 @@ import numpy as np
 import pytest
 
 from tympan.daemon.codec import Closing
-from tympan.daemon.events import Audio, Configure, Configured, Done, End, Endpoint, Final, Lost, Onset, Open, Ready
+from tympan.daemon.events import (
+    Audio,
+    Configure,
+    Configured,
+    Done,
+    End,
+    Endpoint,
+    Final,
+    Lost,
+    Onset,
+    Open,
+    Ready,
+    Shutdown,
+)
 from tympan.daemon.multipart import MultipartError, parse_form
+from tympan.daemon.openai_codec import TranscriptionCodec
 from tympan.daemon.openai_formats import body
 from tympan.daemon.protocol import ProtocolError, Request
 from tympan.daemon.realtime import RealtimeCodec
@@ -126,7 +140,7 @@ def test_realtime_codec_speaks_first_and_reports_each_turn() -> None:
     for bad, message in refused:
         with pytest.raises(ProtocolError, match=message):
             codec.parse(json.dumps(bad))
-    rendered = [json.loads(f) for ev in (Ready("s", Request(), {}, {}), Configured(Request("st", "zh")),
+    rendered = [json.loads(f) for ev in (Ready("s", Request(), {}, {}), Configured(configure.update(Request())),
                                          Onset(0, 0.5), Endpoint(0, 1.25), final(0, "你好", "zh"), Onset(1, 2.0),
                                          Lost(1)) for f in codec.render(ev)]
     assert [r["type"] for r in rendered] == [
@@ -157,3 +171,157 @@ def test_the_wyoming_uri_setting_flag_and_environment() -> None:
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
     assert parser.parse_args(["serve", "--wyoming-uri", "tcp://127.0.0.1:10300"]).wyoming_uri == "tcp://127.0.0.1:10300"
+
+
+def test_a_refused_realtime_update_leaves_the_settings_and_languages_ignore_case() -> None:
+    codec = RealtimeCodec(beta=True)
+    codec.render(Ready("s", Request(), {}, {}))
+
+    def update(transcription: dict) -> Configure:
+        [configure] = codec.parse(json.dumps({"type": "transcription_session.update",
+                                              "session": {"input_audio_transcription": transcription}}))
+        assert isinstance(configure, Configure)
+        return configure
+
+    # "ZH" is one of tympan's languages, but say this bundle refuses it: the session answers an Error, no Configured.
+    assert update({"language": "ZH"}).update(Request()) == Request("st", "zh")
+    # The next update gives only a prompt: it must build on the settings in force (English), not the refused ones.
+    prompt_only = update({"prompt": "Tympan"})
+    assert prompt_only.update(Request()) == Request("asr", "en", context="Tympan")
+    [updated] = codec.render(Configured(Request("asr", "en", context="Tympan")))
+    assert json.loads(updated)["session"]["input_audio_transcription"] == {"model": "tympan", "language": "en",
+                                                                           "prompt": "Tympan"}
+    assert update({"language": "DE-de"}).update(Request()) == Request("st", "de", context="Tympan")
+    with pytest.raises(ProtocolError, match="'FR'"):
+        update({"language": "FR"})
+
+
+def upload_codec(stream: bool = False) -> TranscriptionCodec:
+    codec = TranscriptionCodec(Request("st", "de"), 16000, "json", stream, "translate")
+    codec.render(Ready("s", Request("st", "de"), {}, {}))
+    return codec
+
+
+def status_of(frames: list[str]) -> int:
+    [answer] = frames
+    return int(answer.split(" ", 2)[1])
+
+
+def test_an_upload_cut_by_the_shutdown_or_missing_an_utterance_is_not_a_200() -> None:
+    ok = upload_codec()
+    ok.render(final(0, "Hallo"))
+    assert status_of(ok.render(Done("s"))) == 200
+    drained = upload_codec()
+    drained.render(final(0, "Hallo"))
+    [answer] = drained.render(Done("s", drained=True))
+    assert status_of([answer]) == 503 and '"code": "shutting_down"' in answer
+    failed = upload_codec()
+    assert failed.render(Lost(0)) == []  # the gate dropped a blip: the transcript is whole
+    failed.render(Lost(1, failed=True))
+    failed.render(final(2, "Hallo"))
+    [answer] = failed.render(Done("s"))
+    assert status_of([answer]) == 500 and "utterance 1" in answer and '"type": "server_error"' in answer
+    assert status_of(upload_codec().render(Done("s", gave_up=True))) == 500
+    shutdown = upload_codec()
+    assert status_of(shutdown.render(Shutdown())) == 503 and shutdown.render(Done("s")) == []
+    streaming = upload_codec(stream=True)
+    streaming.render(final(0, "Hallo"))
+    [event] = streaming.render(Done("s", drained=True))
+    assert event.startswith("data: ") and json.loads(event[6:])["error"]["code"] == "shutting_down"
+
+
+def test_uploads_at_rates_or_with_channels_beyond_recorded_sound_are_refused_before_decoding() -> None:
+    import io
+
+    import soundfile as sf
+
+    from tympan.audio import resample
+    from tympan.daemon.upload import UploadError, decode_upload
+
+    def flac(rate: int, channels: int, frames: int = 4096) -> bytes:
+        out = io.BytesIO()
+        sf.write(out, np.zeros((frames, channels), np.float32), rate, format="FLAC")
+        return out.getvalue()
+
+    # A few hundred bytes that would decode to 655350 x 8 float32 per second of audio.
+    with pytest.raises(UploadError, match="655350 Hz; at most 48000 Hz"):
+        decode_upload(flac(655350, 8), 16000, 1500)
+    with pytest.raises(UploadError, match="96000 Hz"):
+        decode_upload(flac(96000, 1), 16000, 1500)
+    wav16 = io.BytesIO()
+    sf.write(wav16, np.zeros((160, 16), np.float32), 16000, format="WAV")
+    with pytest.raises(UploadError, match="16 channels; at most 8"):
+        decode_upload(wav16.getvalue(), 16000, 1500)
+    # Decoded block by block (down-mixed and resampled as it goes): the same as all at once.
+    t = np.arange(44100 * 3) / 44100
+    stereo = np.stack([0.5 * np.sin(2 * np.pi * 440 * t), 0.25 * np.sin(2 * np.pi * 300 * t)], 1).astype(np.float32)
+    out = io.BytesIO()
+    sf.write(out, stereo, 44100, format="WAV", subtype="FLOAT")
+    got = decode_upload(out.getvalue(), 16000, 1500)
+    expected = resample(stereo.mean(axis=1), 44100, 16000)
+    assert len(got) == len(expected) and np.abs(got - expected).max() < 1e-3
+    with pytest.raises(UploadError, match="limit is 2 s"):
+        decode_upload(out.getvalue(), 16000, 2)
+
+
+def test_wyoming_allowed_networks_are_checked_at_start() -> None:
+    from tympan.config import ConfigError
+    from tympan.daemon.settings import load_daemon_config
+
+    assert load_daemon_config(env={}).wyoming.allowed_networks == []  # any, as before
+    cfg = load_daemon_config(env={"TYMPAN_WYOMING_ALLOWED_NETWORKS": '["192.168.1.0/24", "::1/128"]'})
+    assert cfg.wyoming.allowed_networks == ["192.168.1.0/24", "::1/128"]
+    with pytest.raises(ConfigError, match=r"wyoming\.allowed_networks: '192\.168\.1/33' is not a network"):
+        load_daemon_config(env={"TYMPAN_WYOMING_ALLOWED_NETWORKS": '["192.168.1/33"]'})
+
+
+def test_a_request_body_trickling_below_the_rate_floor_is_cut() -> None:
+    """read_request over a real loopback socket: the head must come within its timeout, and after a grace of
+    `timeout` the body must average `min_rate` bytes/s, though each read comes well within `timeout`."""
+    import asyncio
+    import time
+
+    from tympan.daemon.http11 import HttpError, read_request
+
+    async def serve_one(send) -> tuple[HttpError | bytes, float]:
+        done: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                request = await read_request(reader, writer, 1 << 20, 0.4, lambda r: None, head_timeout=0.3,
+                                             min_rate=2000)
+                done.set_result(request.body if request is not None else b"")
+            except HttpError as e:
+                done.set_result(e)
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        started = time.monotonic()
+        _, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+        sender = asyncio.ensure_future(send(writer))
+        result = await asyncio.wait_for(done, 10)
+        sender.cancel()
+        writer.close()
+        server.close()
+        return result, time.monotonic() - started
+
+    head = b"POST /v1/audio/transcriptions HTTP/1.1\r\nContent-Length: 100000\r\n\r\n"
+
+    async def trickle(writer: asyncio.StreamWriter) -> None:  # 50 bytes every 0.1 s: 500 bytes/s
+        writer.write(head)
+        while True:
+            writer.write(b"x" * 50)
+            await asyncio.sleep(0.1)
+
+    async def silent(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"POST /v1/audio/transcriptions HTTP/1.1\r\n")
+
+    async def whole(writer: asyncio.StreamWriter) -> None:
+        writer.write(head.replace(b"100000", b"5000") + b"y" * 5000)
+
+    slow, took = asyncio.run(serve_one(trickle))
+    assert isinstance(slow, HttpError) and slow.status == 408 and "slower than 2000 bytes/s" in slow.message
+    assert took < 2, took  # 0.4 s of grace, then 500 bytes/s falls behind at once
+    head_late, took = asyncio.run(serve_one(silent))
+    assert isinstance(head_late, HttpError) and head_late.status == 408 and "within 0.3 s" in head_late.message
+    assert asyncio.run(serve_one(whole))[0] == b"y" * 5000

@@ -37,7 +37,6 @@ from hypothesis import strategies as st
 from test_fuzz import FUZZ_SETTINGS, Background
 from wyoming.event import async_read_event
 
-WYOMING_PORT = free_port()
 MAX_HEADER, MAX_FRAME, MAX_UPLOAD = 4096, 65536, 1 << 20
 SPEECH = np.concatenate([silence(0.4), alsa_speech("Front_Center"), silence(0.8)])
 TRANSCRIPT = ["transcript-start", "transcript", "transcript-stop"]  # what an audio-stop of silence gets
@@ -47,10 +46,12 @@ TRANSCRIPT = ["transcript-start", "transcript", "transcript-stop"]  # what an au
 def daemon(tympan_home: Path, tmp_path_factory: pytest.TempPathFactory):
     from tympan.daemon.cli import default_bundle
 
+    port = free_port()  # just before the daemon binds it
     config = (f"[limits]\nmax_frame_bytes = {MAX_FRAME}\nidle_timeout_s = 20\n"
-              f'[wyoming]\nuri = "tcp://127.0.0.1:{WYOMING_PORT}"\nmax_header_bytes = {MAX_HEADER}\n'
+              f'[wyoming]\nuri = "tcp://127.0.0.1:{port}"\nmax_header_bytes = {MAX_HEADER}\n'
               f"[openai]\nmax_upload_bytes = {MAX_UPLOAD}\nmax_audio_s = 10.0\n")
     with DaemonProcess(default_bundle(), tmp_path_factory.mktemp("fuzz-wy"), config) as d:
+        d.wyoming_port = port
         yield d
 
 
@@ -138,8 +139,8 @@ def fatal_act(draw) -> WyAct:
                                                                "width": 2, "channels": 1}}), fatal=True)
 
 
-async def run_wyoming(acts: list[WyAct]) -> int:
-    reader, writer = await asyncio.open_connection("127.0.0.1", WYOMING_PORT)
+async def run_wyoming(port: int, acts: list[WyAct]) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
     fatal = bool(acts) and acts[-1].fatal
     for act in acts:
         writer.write(act.data)
@@ -270,12 +271,12 @@ async def run_http(port: int, data: bytes, statuses: set[int]) -> None:
 # --- the well-behaved clients beside the fuzzer -----------------------------------------------------------------
 
 
-async def good_wyoming() -> str:
+async def good_wyoming(port: int) -> str:
     from wyoming.asr import Transcribe, Transcript
     from wyoming.audio import AudioChunk, AudioStart, AudioStop
     from wyoming.client import AsyncTcpClient
 
-    async with AsyncTcpClient("127.0.0.1", WYOMING_PORT) as client:
+    async with AsyncTcpClient("127.0.0.1", port) as client:
         await client.write_event(Transcribe(language="de").event())
         await client.write_event(AudioStart(rate=16000, width=2, channels=1).event())
         data = pcm16(SPEECH)
@@ -300,8 +301,8 @@ async def good_openai(port: int) -> str:
 
 
 class Beside:
-    def __init__(self, port: int) -> None:
-        self.port, self.stop = port, asyncio.Event()
+    def __init__(self, port: int, wyoming_port: int) -> None:
+        self.port, self.wyoming_port, self.stop = port, wyoming_port, asyncio.Event()
         self.runs: dict[str, list[str]] = {"wyoming": [], "openai": []}
 
     async def _loop(self, name: str, client) -> None:
@@ -309,7 +310,7 @@ class Beside:
             self.runs[name].append(await client())
 
     def start(self) -> None:
-        self.tasks = [asyncio.create_task(self._loop("wyoming", good_wyoming)),
+        self.tasks = [asyncio.create_task(self._loop("wyoming", lambda: good_wyoming(self.wyoming_port))),
                       asyncio.create_task(self._loop("openai", lambda: good_openai(self.port)))]
 
     async def finish(self) -> dict[str, list[str]]:
@@ -320,11 +321,11 @@ class Beside:
 
 def test_fuzzing_wyoming_framing_and_http_uploads(daemon) -> None:
     async def alone() -> dict[str, str]:
-        return {"wyoming": await good_wyoming(), "openai": await good_openai(daemon.port)}
+        return {"wyoming": await good_wyoming(daemon.wyoming_port), "openai": await good_openai(daemon.port)}
 
     reference = asyncio.run(alone())
     assert reference["wyoming"] and reference["wyoming"] == reference["openai"], reference
-    bg, beside, sent = Background(), Beside(daemon.port), {"wyoming": 0, "http": 0}
+    bg, beside, sent = Background(), Beside(daemon.port, daemon.wyoming_port), {"wyoming": 0, "http": 0}
 
     async def start() -> None:
         beside.start()
@@ -334,7 +335,7 @@ def test_fuzzing_wyoming_framing_and_http_uploads(daemon) -> None:
     @settings(FUZZ_SETTINGS, max_examples=150)
     @given(fine=st.lists(fine_act(), max_size=12), fatal=st.none() | fatal_act(), case=http_case())
     def fuzz(fine: list[WyAct], fatal: WyAct | None, case: tuple[bytes, set[int]]) -> None:
-        sent["wyoming"] += bg.run(run_wyoming(fine + ([fatal] if fatal else [])))
+        sent["wyoming"] += bg.run(run_wyoming(daemon.wyoming_port, fine + ([fatal] if fatal else [])))
         bg.run(run_http(daemon.port, *case))
         sent["http"] += 1
 

@@ -32,6 +32,8 @@ SPEECH = np.concatenate([silence(0.5), alsa_speech("Front_Center"), silence(1.0)
 SPEECH_24K = np.concatenate([silence(0.5, 24000), alsa_speech("Front_Center", 24000), silence(1.0, 24000),
                              alsa_speech("Rear_Right", 24000), silence(1.0, 24000)])  # the realtime API's rate
 GERMAN = {"task": "st", "target_lang": "de"}
+ORIGIN = "https://app.example"  # auth.allowed_origins
+MAX_SESSIONS = 4
 
 
 def wav(audio: np.ndarray, rate: int = RATE, **kw: str) -> bytes:
@@ -69,7 +71,8 @@ def daemon(tympan_home: Path, tmp_path_factory: pytest.TempPathFactory, broker: 
     from tympan.daemon.cli import default_bundle
 
     work = tmp_path_factory.mktemp("openai")
-    config = (f'[auth]\ntoken = "{TOKEN}"\n[openai]\nmax_audio_s = 20.0\n[limits]\nstart_timeout_s = 2.0\n'
+    config = (f'[auth]\ntoken = "{TOKEN}"\nallowed_origins = ["{ORIGIN}"]\n[openai]\nmax_audio_s = 20.0\n'
+              f'[limits]\nstart_timeout_s = 2.0\nmax_sessions = {MAX_SESSIONS}\n'
               f'[mqtt]\nurl = "{broker.url}"\nsite = "oa"\nspool = "{work / "spool.sqlite"}"\n')
     with DaemonProcess(default_bundle(), work, config) as d:
         yield d
@@ -95,19 +98,30 @@ def test_every_response_format_is_the_finals_of_v1_stream(daemon, reference, bro
     c, data, de = client(daemon), wav(SPEECH), reference["de"]
     texts = [f["text"].strip() for f in de]
 
+    ids: list[str] = []  # the uploads' sessions (x-request-id): other sessions' finals may still arrive
+
+    def parsed(raw):
+        ids.append(raw.headers["x-request-id"])
+        return raw.parse()
+
     def translate(fmt: str):
-        return c.audio.translations.create(model="whisper-1", file=("speech.wav", data), response_format=fmt,
-                                           extra_body={"language": "de"})
+        return parsed(c.audio.translations.with_raw_response.create(
+            model="whisper-1", file=("speech.wav", data), response_format=fmt, extra_body={"language": "de"}))
+
+    def ours(msgs) -> list[dict]:
+        return [m for m in (m.json() for m in msgs) if m["session_id"] in ids]
 
     async def with_subscriber():
         async with Subscriber(broker.port, "tympan/oa/session/+/final") as sub:
             answers = {fmt: await asyncio.to_thread(translate, fmt)
                        for fmt in ("json", "text", "verbose_json", "srt", "vtt")}
-            english = await asyncio.to_thread(c.audio.transcriptions.create, model="tympan", file=("s.wav", data))
-            await sub.wait_for(lambda msgs: len(msgs) >= 5 * len(de) + len(reference["en"]), timeout=30)
-            return answers, english, [m.json() for m in sub.messages]
+            english = parsed(await asyncio.to_thread(c.audio.transcriptions.with_raw_response.create, model="tympan",
+                                                     file=("s.wav", data)))
+            await sub.wait_for(lambda msgs: len(ours(msgs)) >= 5 * len(de) + len(reference["en"]), timeout=30)
+            return answers, english, ours(sub.messages)
 
     answers, english, published = asyncio.run(with_subscriber())
+    assert len(set(ids)) == 6 and all(ids), ids
     assert answers["json"].text == joined(de)
     assert answers["text"] == joined(de) + "\n"
     verbose = answers["verbose_json"]
@@ -121,9 +135,12 @@ def test_every_response_format_is_the_finals_of_v1_stream(daemon, reference, bro
     vtt = answers["vtt"]
     assert vtt.startswith("WEBVTT\n\n") and [b.split("\n")[1] for b in vtt[8:].strip().split("\n\n")] == texts
     assert english.text == joined(reference["en"])
-    # Every one of those finals went to MQTT like any other (a session id, the text, the task).
+    # Every one of those finals went to MQTT like any other (under the session id the answer named).
     assert sorted(m["text"] for m in published if m["target_lang"] == "de") == sorted(texts * 5)
-    assert all(m["session_id"] for m in published)
+    assert len([m for m in published if m["target_lang"] == "en"]) == len(reference["en"])
+    sessions = {k: v for k, v in daemon.metrics().items() if k.startswith("tympan_protocol_sessions_total")}
+    assert sessions['tympan_protocol_sessions_total{protocol="openai"}'] >= 6, sessions  # these six, at least
+    assert sessions['tympan_protocol_sessions_total{protocol="v1"}'] >= 2, sessions  # the references
 
 
 def test_stream_true_sends_deltas_then_done(daemon, reference) -> None:
@@ -165,6 +182,9 @@ def test_bad_requests_get_the_sdks_typed_errors(daemon) -> None:
          "'notes.wav' cannot be used"),
         (dict(file=("empty.mp3", b""), model="tympan"), c, openai.BadRequestError, "empty"),
         (dict(file=("long.wav", wav(silence(21.0))), model="tympan"), c, openai.BadRequestError, "limit is 20 s"),
+        # A few hundred bytes of FLAC that would decode to 655350 x 8 float32 a second: refused before decoding.
+        (dict(file=("bomb.flac", wav(np.zeros((4096, 8)), 655350, format="FLAC")), model="tympan"), c,
+         openai.BadRequestError, "655350 Hz; at most 48000 Hz"),
     ]
     for kwargs, sdk, error, text in cases:
         with pytest.raises(error) as e:
@@ -258,3 +278,49 @@ def test_a_connection_that_says_too_little_to_route_is_closed(daemon) -> None:
         waited = time.monotonic() - started
     assert 1.5 < waited < 6, waited
     assert daemon.health()["ready"]
+
+
+def test_uploads_from_a_foreign_origin_are_refused_and_idle_heads_take_no_slot(daemon) -> None:
+    """A multipart POST needs no CORS preflight, so a page elsewhere could send one: auth.allowed_origins applies
+    (403, as for the websockets). Connections that have not passed the token check yet hold no upload slot."""
+    good = ("s.wav", wav(silence(0.5)))
+    sdk = openai.OpenAI(base_url=f"{daemon.http}/v1", api_key=TOKEN, max_retries=0,
+                        default_headers={"Origin": "https://evil.example"})
+    with pytest.raises(openai.PermissionDeniedError) as e:
+        sdk.audio.transcriptions.create(model="tympan", file=good)
+    assert isinstance(e.value.body, dict) and "https://evil.example is not allowed" in e.value.body["message"]
+    assert e.value.body["type"] == "permission_error"
+    listed = openai.OpenAI(base_url=f"{daemon.http}/v1", api_key=TOKEN, max_retries=0,
+                           default_headers={"Origin": ORIGIN})
+    assert listed.audio.transcriptions.create(model="tympan", file=good).text == ""
+    idle = [socket.create_connection(("127.0.0.1", daemon.port), timeout=10) for _ in range(MAX_SESSIONS + 2)]
+    try:
+        for s in idle:
+            s.sendall(b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\n")  # a head never finished
+        time.sleep(0.2)
+        assert client(daemon).audio.transcriptions.create(model="tympan", file=good).text == ""
+    finally:
+        for s in idle:
+            s.close()
+
+
+def test_an_upload_cut_short_by_the_shutdown_gets_503_not_a_partial_transcript(tympan_home: Path,
+                                                                                tmp_path: Path) -> None:
+    """SIGTERM while an upload is being transcribed: the drain ends its stream early, so the transcript would
+    cover only its start. The client gets 503 (send it again later), not a 200 passing the start off as whole."""
+    import signal
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tympan.daemon.cli import default_bundle
+
+    many = np.concatenate([SPEECH] * 8)  # 16 utterances, their finals decoded one at a time (session_backlog)
+    with DaemonProcess(default_bundle(), tmp_path, "[limits]\nsession_backlog = 1\n") as d:
+        sdk = openai.OpenAI(base_url=f"{d.http}/v1", api_key="any", max_retries=0, timeout=60)
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(sdk.audio.transcriptions.create, model="tympan", file=("many.wav", wav(many)))
+            d.wait_log(r"session \w+ started \(openai")
+            d.proc.send_signal(signal.SIGTERM)
+            with pytest.raises(openai.InternalServerError) as e:
+                answer.result(60)
+        assert e.value.status_code == 503 and e.value.body["code"] == "shutting_down", e.value.body
+        assert d.proc.wait(30) == 0 and not d.tracebacks()
