@@ -13,6 +13,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from broker import free_port
@@ -199,3 +200,16 @@ def joined(finals: list[dict]) -> str:
     """The finals' texts as one transcript (as the Wyoming and OpenAI endpoints join them)."""
     texts = [f["text"].strip() for f in finals if f["text"].strip()]
     return ("" if finals and finals[0]["target_lang"] == "zh" else " ").join(texts)
+
+
+def after_fuzzing(daemon: DaemonProcess, runs: dict[str, list[Any]], reference: dict[str, Any]) -> None:
+    """What a fuzz run must leave: the well-behaved clients beside it got their reference answers at least twice,
+    the daemon is ready and idle, nothing logged a traceback, and the process lives."""
+    for name, got in runs.items():
+        assert len(got) >= 2, f"the well-behaved {name} client finished only {len(got)} runs beside the fuzzer"
+        assert all(r == reference[name] for r in got), (name, reference[name], got)
+    assert daemon.health()["ready"]
+    m = daemon.wait_metrics(lambda m: m["tympan_sessions_active"] == 0 and m["tympan_sessions_lingering"] == 0)
+    assert m["tympan_queue_depth"] == 0
+    assert not daemon.tracebacks(), daemon.tracebacks()[0]
+    assert daemon.proc is not None and daemon.proc.poll() is None

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from daemon_harness import DaemonProcess, alsa_speech, silence
+from daemon_harness import DaemonProcess, after_fuzzing, alsa_speech, silence
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import ClientConnection, connect
@@ -595,17 +595,6 @@ def reference(daemon: DaemonProcess) -> dict[str, list[str]]:
     ref = asyncio.run(both())
     assert len(ref["stream"]) == 2 and any(ref["stream"]) and len(ref["vosk"]) == 2, ref
     return ref
-
-
-def after_fuzzing(daemon: DaemonProcess, runs: dict[str, list[list[str]]], reference: dict[str, list[str]]) -> None:
-    for name, got in runs.items():
-        assert len(got) >= 2, f"the well-behaved {name} client finished only {len(got)} runs beside the fuzzer"
-        assert all(r == reference[name] for r in got), (name, reference[name], got)
-    assert daemon.health()["ready"]
-    m = daemon.wait_metrics(lambda m: m["tympan_sessions_active"] == 0 and m["tympan_sessions_lingering"] == 0)
-    assert m["tympan_queue_depth"] == 0
-    assert not daemon.tracebacks(), daemon.tracebacks()[0]
-    assert daemon.proc is not None and daemon.proc.poll() is None
 
 
 # --- the tests -------------------------------------------------------------------------------------------------

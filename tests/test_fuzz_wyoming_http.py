@@ -31,7 +31,7 @@ import openai
 import pytest
 import soundfile as sf
 from broker import free_port
-from daemon_harness import DaemonProcess, alsa_speech, pcm16, silence
+from daemon_harness import DaemonProcess, after_fuzzing, alsa_speech, pcm16, silence
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_fuzz import FUZZ_SETTINGS, Background
@@ -345,10 +345,4 @@ def test_fuzzing_wyoming_framing_and_http_uploads(daemon) -> None:
     finally:
         bg.close()
     print(f"fuzzing: {sent}; well-behaved runs: {[len(r) for r in runs.values()]}")
-    for name, got in runs.items():
-        assert len(got) >= 2, f"the well-behaved {name} client finished only {len(got)} runs beside the fuzzer"
-        assert all(text == reference[name] for text in got), (name, reference[name], got)
-    assert daemon.health()["ready"]
-    m = daemon.wait_metrics(lambda m: m["tympan_sessions_active"] == 0 and m["tympan_sessions_lingering"] == 0)
-    assert m["tympan_queue_depth"] == 0
-    assert not daemon.tracebacks(), daemon.tracebacks()[0]
+    after_fuzzing(daemon, runs, reference)

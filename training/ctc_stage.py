@@ -31,10 +31,10 @@ from tympan.errors import TympanError
 from tympan.manifest import Example
 from tympan.training.cache import EncoderCache
 from tympan.training.model.ctc import CtcBridge, ctc_loss_sum, greedy_ids
-from tympan.training.model.ctc_targets import CtcVocab, build_vocab, targets, text_of
+from tympan.training.model.ctc_targets import CtcVocab, build_vocab, targets
 from tympan.training.model.encoder import SpeechEncoder
 from tympan.training.model.simulate import ErrorProfile, measure
-from tympan.training.model.speech_llm import mask_frames, pad_sequences
+from tympan.training.model.speech_llm import ctc_transcribe, mask_frames, pad_sequences
 from tympan.training.recipe import Recipe
 from tympan.training.resume import STEP_PREFIX, step_dirs
 from tympan.training.schedule import lr_factor
@@ -163,21 +163,9 @@ def train_step(stage: CtcStage, batch: Sequence[Example]) -> float:
     return float(loss.detach())
 
 
-@torch.no_grad()
-def transcribe(model: CtcBridge, tokenizer: Any, vocab: CtcVocab, hidden: Sequence[torch.Tensor]) -> list[str]:
-    """Greedy CTC text of cached encoder outputs."""
-    model.eval()
-    out: list[str] = []
-    for i in range(0, len(hidden), 16):
-        padded, lengths = pad_sequences(list(hidden[i : i + 16]))
-        logits, frames = model.logits(padded, lengths)
-        out += [text_of(tokenizer, vocab, ids) for ids in greedy_ids(logits, frames)]
-    return out
-
-
 def dev_wer(stage: CtcStage, examples: Sequence[Example]) -> float:
     """WER (%) of greedy CTC against the transcripts, after Whisper's English normalisation."""
-    hyps = transcribe(stage.model, stage.tokenizer, stage.vocab, [stage.cache.get(e) for e in examples])
+    hyps = ctc_transcribe(stage.model, stage.tokenizer, stage.vocab, [stage.cache.get(e) for e in examples])
     return scoring.wer([e.target for e in examples], hyps, scoring.normalize_english)
 
 
@@ -282,7 +270,7 @@ def score_checkpoint(cfg: Recipe, checkpoint: Path, manifests: Sequence[Path]
     for manifest in manifests:
         examples = [e for e in load_manifest(manifest) if e.is_speech and e.task == "asr"]
         cache.fill([e for e in examples if not cache.has(e)], torch.device("cpu"), cfg.train.encode_batch_size)
-        hyps = transcribe(model, base.tokenizer, vocab, [cache.get(e) for e in examples])
+        hyps = ctc_transcribe(model, base.tokenizer, vocab, [cache.get(e) for e in examples])
         out.append((manifest, examples, hyps, scoring.wer([e.target for e in examples], hyps,
                                                           scoring.normalize_english)))
     return out

@@ -28,6 +28,7 @@ from tympan.training.ctc_stage import score_checkpoint
 from tympan.training.model.checkpoint import read_config, read_meta
 from tympan.training.model.runner import CheckpointRunner
 from tympan.training.recipe import load_config
+from tympan.training.resume import STEP_PREFIX
 
 STAGE_ORDER = ("ctc", "projector", "lora", "joint")
 
@@ -52,7 +53,7 @@ def total_steps(checkpoint: Path, stage: str, step: int) -> int:
         if (final / "checkpoint.json").is_file():
             total += int(read_meta(final).get("step", 0))
         elif earlier == "ctc" and (final / "projector.safetensors").is_file():
-            total += max((_step_of(d, 0) for d in (run / "ctc").glob("step-*")), default=0)
+            total += max((_step_of(d, 0) for d in (run / "ctc").glob(f"{STEP_PREFIX}*")), default=0)
     return total
 
 
@@ -97,7 +98,7 @@ def curve_row(checkpoint: Path, dev: Path | None, real: Path | None, limit: int 
 def _step_of(checkpoint: Path, final_step: int) -> int:
     """step-000400 -> 400; final -> the stage's configured steps."""
     name = checkpoint.name
-    return int(name.split("-")[-1]) if name.startswith("step-") else final_step
+    return int(name[len(STEP_PREFIX) :]) if name.startswith(STEP_PREFIX) else final_step
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,16 +37,10 @@ class CheckpointRunner:
 
     def heard(self, audio: np.ndarray) -> str | None:
         """The greedy CTC text of a CTC bridge (what was heard, before the LLM); None for a dense projector."""
-        import torch
-
-        from tympan.training.model.ctc import CtcBridge, greedy_ids
-        from tympan.training.model.ctc_targets import text_of
-        from tympan.training.model.speech_llm import pad_sequences
+        from tympan.training.model.ctc import CtcBridge
+        from tympan.training.model.speech_llm import ctc_transcribe
 
         m = self.model
         if not isinstance(m.projector, CtcBridge) or m.vocab is None:
             return None
-        with torch.no_grad():
-            logits, frames = m.projector.logits(*pad_sequences(m.encode([audio])))
-        (ids,) = greedy_ids(logits, frames)
-        return text_of(m.tokenizer, m.vocab, ids)
+        return ctc_transcribe(m.projector, m.tokenizer, m.vocab, m.encode([audio]))[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,8 +12,8 @@ from torch import nn
 
 from tympan.manifest import Example
 from tympan.runtime.decode import Decoded, DecodeSettings, Stop, greedy_decode
-from tympan.training.model.ctc import CtcBridge, ctc_loss_sum
-from tympan.training.model.ctc_targets import CtcVocab, targets
+from tympan.training.model.ctc import CtcBridge, ctc_loss_sum, greedy_ids
+from tympan.training.model.ctc_targets import CtcVocab, targets, text_of
 from tympan.training.model.encoder import SpeechEncoder, encode_audio
 from tympan.training.model.projector import Projector
 from tympan.training.model.prompt import PromptBuilder
@@ -59,6 +60,18 @@ def mask_frames(hidden: torch.Tensor, lengths: torch.Tensor, cfg: AugmentConfig,
                 s = int(torch.randint(0, d - w + 1, (1,), generator=gen))
                 hidden[i, :n, s : s + w] = 0
     return hidden
+
+
+@torch.no_grad()
+def ctc_transcribe(model: CtcBridge, tokenizer: Any, vocab: CtcVocab, hidden: Sequence[torch.Tensor]) -> list[str]:
+    """Greedy CTC text (what the bridge heard) of encoder outputs, 16 at a time."""
+    model.eval()
+    out: list[str] = []
+    for i in range(0, len(hidden), 16):
+        padded, lengths = pad_sequences(list(hidden[i : i + 16]))
+        logits, frames = model.logits(padded, lengths)
+        out += [text_of(tokenizer, vocab, ids) for ids in greedy_ids(logits, frames)]
+    return out
 
 
 class SpeechLLM(nn.Module):
