@@ -52,7 +52,7 @@ from tympan.runtime.bundle_manifest import (
 )
 from tympan.runtime.decode import DecodeSettings
 from tympan.runtime.speech_model import SpeechModel
-from tympan.training.model.checkpoint import load_checkpoint, read_meta
+from tympan.training.model.checkpoint import load_checkpoint, read_meta, takes_speech
 from tympan.training.model.speech_llm import SpeechLLM
 
 ENCODER_TOLERANCE = 1e-4
@@ -114,9 +114,9 @@ def check_request(checkpoint: Path, out: Path, quantize: str | None, llm_runtime
     if out.exists() and not force:
         raise ExportError(f"{out} exists; choose another --out or pass --force to replace it")
     meta = read_meta(checkpoint)
-    if "projector" not in meta["trained"]:
+    if not takes_speech(checkpoint):
         raise ExportError(f"{checkpoint}: this {meta['stage']} checkpoint has no trained projector: it cannot "
-                          "take speech. Export a projector or joint checkpoint.")
+                          "take speech. Export a projector or joint checkpoint, or any stage of a CTC bridge recipe.")
     if llm_runtime not in ("torch", "onnx"):
         raise ExportError(f"--llm must be torch or onnx, got {llm_runtime!r}")
     if quantize not in (None, "int8"):

@@ -453,3 +453,23 @@ def test_shipping_in_fp16_keeps_the_bridge_token_ids() -> None:
     half = _cast(state, torch.float16)
     assert half["vocab_ids"].dtype == torch.long and torch.equal(half["vocab_ids"], state["vocab_ids"])
     assert half["inp.weight"].dtype == torch.float16
+
+
+def test_a_lora_stage_checkpoint_ships_and_exports_with_its_bridge(ctc_run, tmp_path) -> None:
+    """The lora stage trains no projector, but its checkpoint holds the (CTC-trained) bridge: it takes
+    speech, so it exports, and shipping it carries the bridge, else the shipped model cannot load."""
+    from tympan.export.bundle import export_bundle
+    from tympan.training.model.checkpoint import load_checkpoint
+    from tympan.training.ship import _copy_trained
+
+    src = ctc_run[0] / "lora" / "final"
+    (tmp_path / "shipped").mkdir()
+    _copy_trained(src, tmp_path / "shipped", torch.float32)
+    # The tiny bases are random, so they do not ship (a real ship names packages); put them back to load.
+    shutil.rmtree(tmp_path / "shipped" / "base")
+    shutil.copytree(src / "base", tmp_path / "shipped" / "base")
+    shipped, original = load_checkpoint(tmp_path / "shipped"), load_checkpoint(src)
+    assert shipped.projector.state_dict().keys() == original.projector.state_dict().keys()
+    for name, value in original.projector.state_dict().items():
+        assert torch.equal(shipped.projector.state_dict()[name], value), name
+    assert export_bundle(src, tmp_path / "bundle").encoder.bridge == "ctc"

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+import string
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from tympan.manifest import Example, ManifestError
+
+PUNCTUATION = string.punctuation + "“”‘’«»…–—"
 
 
 def stage_examples(
@@ -23,8 +27,63 @@ def stage_examples(
     if stage == "projector":
         return speech, []
     if stage == "lora":
-        return [], text + [e.as_text() for e in speech if e.text]
+        transcripts = [e.as_text() for e in speech if e.text]
+        heard = asr_from_text(text, {e.text for e in transcripts}) if "asr" in tasks else []
+        return [], text + transcripts + heard
     return speech, text
+
+
+def asr_from_text(text: Sequence[Example], known: set[str | None]) -> list[Example]:
+    """An ASR example for each distinct English source text of the text-only lines (MT sources, QA
+    passages) not already in `known`: with the CTC bridge, its input is the simulated bridge output of
+    the text's spoken form and its answer the written text, so ASR's restoring of case, punctuation and
+    numbers is learnt from all the text, not only from the transcripts of the synthesised audio."""
+    seen = set(known)
+    out = []
+    for e in text:
+        if e.src_lang == "en" and e.text and e.text not in seen:
+            seen.add(e.text)
+            out.append(Example(id=f"{e.id}#asr", task="asr", src_lang="en", tgt_lang="en", target=e.text,
+                               text=e.text, where=e.where))
+            words = fragment(e.text)
+            if words:
+                out.append(Example(id=f"{e.id}#asr-part", task="asr", src_lang="en", tgt_lang="en",
+                                   target=words, text=words, where=e.where))
+    return out
+
+
+def fragment(text: str, longest: int = 6) -> str | None:
+    """A run of 1 to `longest` words of `text`, the same for the same text, its outer punctuation
+    stripped and its first letter capitalised; None for a text that short. What people say to a
+    voice service is often a few words ("front left", "ten of clubs"), and a model that saw only
+    whole sentences makes sentences of them."""
+    words = text.split()
+    if len(words) <= longest:
+        return None
+    rng = random.Random(zlib.crc32(text.encode()))
+    n = rng.randint(1, longest)
+    start = rng.randrange(len(words) - n + 1)
+    part = " ".join(words[start : start + n]).strip(PUNCTUATION)
+    return part[:1].upper() + part[1:] if part else None
+
+
+def with_task_shares(examples: Sequence[Example], shares: Mapping[str, float], seed: int) -> list[Example]:
+    """`examples` resampled so each task in `shares` holds that share of them (as many in all): a small
+    task's examples repeat, a large one's are subsampled, deterministically for `seed`. Tasks not in
+    `shares` are left out, and shares of tasks this modality has no example of are not counted (the
+    lora stage has no speech); empty `shares` leaves the examples as they are."""
+    rng = random.Random(f"{seed}:shares")
+    pools = {task: [e for e in examples if e.task == task] for task in shares}
+    pools = {task: pool for task, pool in pools.items() if pool}
+    if not pools:
+        return list(examples)
+    total, weight = len(examples), sum(shares[task] for task in pools)
+    out: list[Example] = []
+    for task, pool in pools.items():
+        want = round(total * shares[task] / weight)
+        rng.shuffle(pool)
+        out += [pool[i % len(pool)] for i in range(want)]
+    return out
 
 
 @dataclass(frozen=True)

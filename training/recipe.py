@@ -141,6 +141,9 @@ class StageConfig:
     text_lines: bool = True
     # Joint stage with the CTC bridge: the CTC loss's weight beside the LM loss (Soundwave's 0.3).
     ctc_weight: float = field(default=0.3, metadata=check(non_negative))
+    # Each task's share of the stage's examples, per modality (empty: as many as the data hold). The
+    # lora stage's text is ~90 % QA and translation lines; ASR, the first thing users need, gets more.
+    task_shares: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -263,6 +266,12 @@ def validate(cfg: Recipe, source: str) -> Recipe:
         stage = cfg.stage(name)
         if not stage.tasks:
             raise ConfigError(f"{source}: train.{name}.tasks must name at least one task")
+        for task, share in stage.task_shares.items():
+            if task not in stage.tasks:
+                raise ConfigError(f"{source}: train.{name}.task_shares.{task}: not one of the stage's tasks "
+                                  f"({', '.join(stage.tasks)})")
+            if not share > 0:
+                raise ConfigError(f"{source}: train.{name}.task_shares.{task}: must be > 0, got {share}")
     return cfg
 
 

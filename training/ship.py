@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from tympan.atomic import atomic_directory
 from tympan.config import tympan_home
-from tympan.training.model.checkpoint import CheckpointError, read_meta
+from tympan.training.model.checkpoint import CheckpointError, read_meta, takes_speech
 
 
 def _portable(text: str) -> str:
@@ -39,13 +39,9 @@ def _copy_trained(src: Path, dst: Path, dtype: torch.dtype) -> None:
     meta = read_meta(src)
     shutil.copy(src / "checkpoint.json", dst / "checkpoint.json")
     (dst / "config.toml").write_text(_portable((src / "config.toml").read_text(encoding="utf-8")), encoding="utf-8")
-    random_parts = [n for n in ("encoder.safetensors", "llm") if (src / "base" / n).exists()]
-    if random_parts:
-        raise CheckpointError(f"{src}/base/{random_parts[0]}: a randomly initialised part; only checkpoints on "
-                              "pretrained (package:) bases ship")
     (dst / "base").mkdir()
     shutil.copy(src / "base" / "parts.json", dst / "base" / "parts.json")
-    if "projector" in meta["trained"]:
+    if takes_speech(src):
         state = load_file(str(src / "projector.safetensors"))
         save_file(_cast(state, dtype), str(dst / "projector.safetensors"))
     if "lora" in meta["trained"]:
@@ -78,6 +74,10 @@ def _greedy(checkpoint: Path, manifest: Path, limit: int) -> list[str]:
 def ship(src: Path, dst: Path, check: Path | None, limit: int = 4) -> str:
     """Write `dst` from checkpoint `src`; returns the dtype shipped ("float16" or "float32")."""
     read_meta(src)
+    random_parts = [n for n in ("encoder.safetensors", "llm") if (src / "base" / n).exists()]
+    if random_parts:
+        raise CheckpointError(f"{src}/base/{random_parts[0]}: a randomly initialised part; only checkpoints on "
+                              "pretrained (package:) bases ship")
     with atomic_directory(dst) as tmp:
         _copy_trained(src, tmp, torch.float16)
         dtype = "float16"

@@ -35,7 +35,7 @@ from tympan.config import to_dict, tympan_home
 from tympan.errors import TympanError
 from tympan.manifest import Example, load_manifests
 from tympan.tasks import merged_templates
-from tympan.training.batches import PlannedBatch, batch_stream, stage_examples
+from tympan.training.batches import PlannedBatch, batch_stream, stage_examples, with_task_shares
 from tympan.training.cache import EncoderCache
 from tympan.training.model.checkpoint import (
     Base,
@@ -303,6 +303,8 @@ class Trainer:
             raise TrainError("projector stage: no speech examples for tasks " + ", ".join(scfg.tasks))
         if stage == "lora" and not text:
             raise TrainError("lora stage: no text examples (text-only lines or transcripts) for its tasks")
+        speech = with_task_shares(speech, scfg.task_shares, self.cfg.seed)
+        text = with_task_shares(text, scfg.task_shares, self.cfg.seed)
         dev_speech, dev_text = stage_examples(self.dev_examples, stage, scfg.tasks)
         self._fill_cache(speech + dev_speech)
         return StageData(speech, text, dev_speech + dev_text)

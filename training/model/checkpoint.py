@@ -232,6 +232,12 @@ def read_config(path: Path) -> Recipe:
         raise CheckpointError(str(e)) from None
 
 
+def takes_speech(path: Path) -> bool:
+    """Whether a checkpoint holds projector weights: one that trained them, or any stage of a CTC bridge
+    recipe (the bridge, trained in the ctc stage, is saved by every later stage)."""
+    return (path / "projector.safetensors").is_file()
+
+
 def load_checkpoint(path: str | Path, trainable: bool = False) -> SpeechLLM:
     """The model of a checkpoint (LoRA unmerged), in eval mode unless `trainable`."""
     path = Path(path)
@@ -239,8 +245,7 @@ def load_checkpoint(path: str | Path, trainable: bool = False) -> SpeechLLM:
     cfg = read_config(path)
     base = load_base(path / "base", cfg)
     trained = meta["trained"]
-    has_projector = "projector" in trained or cfg.projector.kind == "ctc"
-    projector_state = load_file(str(path / "projector.safetensors")) if has_projector else None
+    projector_state = load_file(str(path / "projector.safetensors")) if takes_speech(path) else None
     model = assemble_model(
         cfg,
         base,
