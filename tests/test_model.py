@@ -82,6 +82,23 @@ def test_labels_are_masked_on_everything_but_the_answer(model: SpeechLLM, toy_co
     assert (batch.labels[~batch.attention_mask.bool()] == IGNORE).all()
 
 
+def test_the_loss_over_answer_logits_only_is_the_loss_over_all_logits(model: SpeechLLM, toy_corpus: Path) -> None:
+    """loss_sum asks the LLM for logits at answer positions only; the sum is the full cross-entropy's."""
+    from tympan.manifest import load_manifest
+
+    examples = [e for e in load_manifest(toy_corpus / "train.jsonl") if e.is_speech][:3]
+    speech, _ = _speech(model, toy_corpus, 3)
+    batch = model.assemble(speech, [model.instruction(e) for e in examples], [e.target for e in examples])
+    assert batch.labels is not None
+    with torch.no_grad():
+        logits = model.llm(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask).logits
+        full = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch.labels[:, 1:].flatten(),
+                                                 ignore_index=IGNORE, reduction="sum")
+        sliced = model.loss_sum(speech, examples)
+    assert {e.task for e in examples} >= {"asr"} and full > 0
+    torch.testing.assert_close(sliced, full, rtol=1e-5, atol=1e-4)
+
+
 def test_instructions_are_in_the_target_language_and_unknown_pairs_are_refused(model: SpeechLLM) -> None:
     assert "Deutsche" in model.prompts.instruction("st", "de")
     assert "italiano" in model.prompts.instruction("st", "it")
