@@ -90,7 +90,8 @@ def _infer(args: argparse.Namespace) -> int:
     lang = args.lang or {"asr": "en", "st": "de", "sqa": "en"}[args.task]
     instruction = args.instruction or model.prompts.instruction(args.task, lang, args.question)
     for path in args.audio:
-        text = model.respond(load_audio(path, model.sample_rate), instruction)
+        text = model.respond(load_audio(path, model.sample_rate), instruction,
+                             task=None if args.instruction else args.task)
         if args.json:
             print(json.dumps({"file": str(path), "task": args.task, "target_lang": lang, "text": text},
                              ensure_ascii=False))

@@ -83,6 +83,7 @@ class Engine:
         self._thread = threading.Thread(target=self._work, name="tympan-inference", daemon=True)
         self.busy_seconds = 0.0
         self.audio_seconds = 0.0
+        self.answers_replaced = 0  # ASR answers replaced by what was heard (runtime/grounding.py)
         self.on_stats: Callable[[dict[str, Any]], None] | None = None
 
     def start(self) -> None:
@@ -224,7 +225,15 @@ class Engine:
                                     on_token=show if stream else None)
         if decoded.stop is Stop.LOOP:
             log.info("session %s segment %d: output looped; cut", job.session_key, job.segment_id)
-        return prompts.decode(decoded.tokens)
+        text = prompts.decode(decoded.tokens)
+        r = job.request
+        if r.task == "asr" and r.instruction is None:
+            text, replaced = self.model.ground(text, encoded, self.cfg)
+            if replaced and job.kind == "final":
+                self.answers_replaced += 1
+                log.info("session %s segment %d: the answer departed from what was heard; the heard words "
+                         "were sent", job.session_key, job.segment_id)
+        return text
 
     def _deliver(self, fn: Callable[..., None], *args: Any) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is closed: shutting down

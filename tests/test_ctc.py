@@ -371,6 +371,7 @@ def test_the_engine_gives_the_heard_text_as_partials_without_the_llm(hearing_bun
     from tympan.daemon.engine import Engine, Job
     from tympan.daemon.protocol import Request
     from tympan.daemon.settings import DecodeConfig
+    from tympan.runtime.grounding import departure
     from tympan.runtime.speech_model import SpeechModel
 
     model = SpeechModel.load(hearing_bundle)
@@ -381,9 +382,9 @@ def test_the_engine_gives_the_heard_text_as_partials_without_the_llm(hearing_bun
     answer = model.respond(audio, model.prompts.instruction("asr", "en"))
     streamed: list[str] = []
 
-    async def run(partials_from: str) -> dict[str, str]:
+    async def run(partials_from: str, ground_asr: bool = True) -> dict[str, str]:
         loop = asyncio.get_running_loop()
-        engine = Engine(model, DecodeConfig(partials_from=partials_from), loop)
+        engine = Engine(model, DecodeConfig(partials_from=partials_from, ground_asr=ground_asr), loop)
         got: dict[str, str] = {}
         done = asyncio.Event()
 
@@ -399,11 +400,14 @@ def test_the_engine_gives_the_heard_text_as_partials_without_the_llm(hearing_bun
         engine.submit(Job("t", 0, "final", audio, Request(), on_done=on_done("final"), on_text=streamed.append))
         await asyncio.wait_for(done.wait(), 60)
         engine.stop()
+        assert engine.answers_replaced == int(ground_asr)
         return got
 
+    # The tiny random LLM's answer has nothing to do with what was heard: the final is the heard words.
+    assert departure(answer, heard) > DecodeConfig().max_departure
     got = asyncio.run(run("auto"))
-    assert got == {"partial": heard, "final": answer} and streamed == []
-    got = asyncio.run(run("llm"))  # the old way: partials are LLM decodes, the final's tokens stream
+    assert got == {"partial": heard, "final": heard[:1].upper() + heard[1:]} and streamed == []
+    got = asyncio.run(run("llm", ground_asr=False))  # the old way: partials are LLM decodes, the final's tokens stream
     assert got["partial"] == answer and got["final"] == answer and streamed
 
 
@@ -424,6 +428,8 @@ def test_eval_reports_the_ctc_text_beside_the_answer(ctc_run, hearing_bundle, to
     the checkpoint it was exported from."""
     from tympan.evaluate import BundleRunner, evaluate, format_report
     from tympan.manifest import load_manifest
+    from tympan.runtime.decode import DecodeSettings
+    from tympan.runtime.grounding import departure
     from tympan.scoring import normalize_english, wer
     from tympan.training.model.runner import CheckpointRunner
 
@@ -432,9 +438,18 @@ def test_eval_reports_the_ctc_text_beside_the_answer(ctc_run, hearing_bundle, to
     hyps = report.hypotheses[("asr", "en")]
     assert all(h.heard for h in hyps)
     figures = report.scores[("asr", "en")]
-    assert figures["ctc_wer"] == round(wer([h.example.target for h in hyps], [h.heard for h in hyps],
-                                           normalize_english), 2)
-    assert "CTC WER" in format_report(report)
+    refs = [h.example.target for h in hyps]
+    assert figures["ctc_wer"] == round(wer(refs, [h.heard for h in hyps], normalize_english), 2)
+    # The served text is the LLM's answer, or the heard words where the answer departed from them, as the
+    # daemon serves it; the LLM's own WER is reported beside it.
+    assert figures["llm_wer"] == round(wer(refs, [h.answer for h in hyps], normalize_english), 2)
+    replaced = [h for h in hyps if h.text != h.answer]
+    assert figures["replaced"] == len(replaced) > 0
+    assert all(h.text.lower() == h.heard for h in replaced)
+    assert all(h.text == h.answer for h in hyps if departure(h.answer, h.heard) <= 0.5)
+    assert "CTC WER" in format_report(report) and "LLM WER" in format_report(report)
+    unground = evaluate(BundleRunner(hearing_bundle, settings=DecodeSettings(ground_asr=False)), examples)
+    assert [h.text for h in unground.hypotheses[("asr", "en")]] == [h.answer for h in hyps]
     checkpoint = CheckpointRunner(ctc_run[0] / "hearing")
     assert [checkpoint.heard(a) for a in [_load(h.example, 16000) for h in hyps]] == [h.heard for h in hyps]
 

@@ -75,6 +75,9 @@ class FakeModel:
         return greedy_decode(GatedLLM(self.gate), speech[None], [STOP], settings.capped(self.prompts.max_new_tokens),
                              cancelled=cancelled, on_token=on_token)
 
+    def ground(self, answer, encoded, settings):
+        return answer, False  # nothing heard to hold the answer to, as SpeechModel without a CTC bridge
+
 
 def run_jobs(specs, expect, model=None, before_start=None):
     """specs: (session, kind, value); waits for the values in `expect`, plus a moment for any others;

@@ -12,6 +12,7 @@ import soundfile as sf
 from tympan.cli import main
 from tympan.evaluate import BundleRunner, evaluate
 from tympan.manifest import load_manifest
+from tympan.tasks import TASKS
 from tympan.training.corpus.real import MissingRecordingError, build_real_manifest
 
 
@@ -64,6 +65,8 @@ def test_bundle_and_checkpoint_give_the_same_hypotheses_and_figures(bundle: Path
     assert sorted(tmp_path.iterdir()) == [tmp_path / "bundle.json", tmp_path / "ckpt.json"]  # no temporary left
 
     speech, text_only = _manifest_counts(dev)
+    hypotheses = report.pop("hypotheses")
+    assert len(hypotheses) == sum(speech.values()) and all(set(h) == {"id", "target", "text"} for h in hypotheses)
     assert set(report) == {"asr", "st", "sqa"}
     metrics = {"asr": {"wer", "n"}, "st": {"bleu", "chrf", "n"}, "sqa": {"em", "f1", "n"}}
     assert {(task, lang): figures["n"] for task, langs in report.items() for lang, figures in langs.items()} == speech
@@ -82,7 +85,7 @@ def test_limit_takes_the_first_examples_of_each_group(bundle: Path, dev: Path, t
     assert code == 0
     report = json.loads((tmp_path / "r.json").read_text())
     speech, _ = _manifest_counts(dev)
-    assert {(t, lang): f["n"] for t, langs in report.items() if t != "rtf" for lang, f in langs.items()} == {
+    assert {(t, lang): f["n"] for t, langs in report.items() if t in TASKS for lang, f in langs.items()} == {
         key: 1 for key in speech
     }
 

@@ -28,14 +28,16 @@ from tympan.atomic import write_json
 from tympan.errors import TympanError
 from tympan.manifest import Example, load_manifest
 from tympan.runtime.decode import DEFAULT_SETTINGS, DecodeSettings
+from tympan.runtime.grounding import grounded
 from tympan.tasks import TASKS
 
 if TYPE_CHECKING:  # for annotations only
     import numpy as np
 
 GroupKey = tuple[str, str]  # (task, target language)
-METRICS = {"asr": ("wer", "ctc_wer"), "st": ("bleu", "chrf"), "sqa": ("em", "f1")}
-HEADERS = {"wer": "WER", "ctc_wer": "CTC WER", "bleu": "BLEU", "chrf": "chrF", "em": "EM", "f1": "F1"}
+METRICS = {"asr": ("wer", "llm_wer", "ctc_wer", "replaced"), "st": ("bleu", "chrf"), "sqa": ("em", "f1")}
+HEADERS = {"wer": "WER", "llm_wer": "LLM WER", "ctc_wer": "CTC WER", "replaced": "replaced", "bleu": "BLEU",
+           "chrf": "chrF", "em": "EM", "f1": "F1"}
 
 
 class EvalError(TympanError, ValueError):
@@ -46,6 +48,7 @@ class Runner(Protocol):
     """A model as evaluation sees it: an instruction per example, and audio + instruction -> text."""
 
     sample_rate: int
+    settings: DecodeSettings
 
     def instruction(self, ex: Example) -> str: ...
 
@@ -83,8 +86,13 @@ class BundleRunner:
 @dataclass(frozen=True)
 class Hypothesis:
     example: Example
-    text: str
+    text: str  # what is served: the LLM's answer, or for ASR with a CTC bridge the heard words if it departed
     heard: str | None = None  # ASR with a CTC bridge: the greedy CTC text the LLM's answer started from
+    answer: str | None = None  # ASR with a CTC bridge: the LLM's own answer
+
+    def to_json(self) -> dict[str, str | None]:
+        extra = {"heard": self.heard, "answer": self.answer} if self.heard is not None else {}
+        return {"id": self.example.id, "target": self.example.target, "text": self.text, **extra}
 
 
 @dataclass
@@ -99,11 +107,14 @@ class Report:
     def rtf(self) -> float:
         return self.compute_s / self.audio_s
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, hypotheses: bool = False) -> dict[str, Any]:
+        """Figures per task and language, the RTF, and with `hypotheses` every example's output."""
         out: dict[str, Any] = {task: {} for task in TASKS}
         for (task, lang), figures in self.scores.items():
             out[task][lang] = figures
         out["rtf"] = round(self.rtf, 4)
+        if hypotheses:
+            out["hypotheses"] = [h.to_json() for hyps in self.hypotheses.values() for h in hyps]
         return out
 
 
@@ -172,11 +183,11 @@ def evaluate(
         for ex in group:
             audio = _audio(ex, runner.sample_rate)
             start = time.perf_counter()
-            text = runner.respond(audio, instructions[ex.id])
+            answer = runner.respond(audio, instructions[ex.id])
             compute_s += time.perf_counter() - start
             audio_s += len(audio) / runner.sample_rate
             heard = runner.heard(audio) if ex.task == "asr" else None  # untimed: the encoder again
-            hypotheses.setdefault(key, []).append(Hypothesis(ex, text, heard))
+            hypotheses.setdefault(key, []).append(_served(ex, answer, heard, runner.settings))
             done += 1
             if progress is not None:
                 progress(done, total)
@@ -186,10 +197,21 @@ def evaluate(
     }
     for (task, lang), hyps in hypotheses.items():
         ctc_texts = [h.heard for h in hyps if h.heard is not None]
-        if task == "asr" and len(ctc_texts) == len(hyps):
-            ctc = score_group(task, lang, [h.example.target for h in hyps], ctc_texts)
-            scores[(task, lang)] = {**scores[(task, lang)], "ctc_wer": ctc["wer"]}
+        answers = [h.answer for h in hyps if h.answer is not None]
+        if task == "asr" and len(ctc_texts) == len(answers) == len(hyps):
+            refs = [h.example.target for h in hyps]
+            scores[(task, lang)] = {**scores[(task, lang)], "llm_wer": score_group(task, lang, refs, answers)["wer"],
+                                    "ctc_wer": score_group(task, lang, refs, ctc_texts)["wer"],
+                                    "replaced": sum(h.text != h.answer for h in hyps)}
     return Report(scores, hypotheses, compute_s, audio_s, skipped)
+
+
+def _served(ex: Example, answer: str, heard: str | None, settings: DecodeSettings) -> Hypothesis:
+    """What the daemon would serve for this answer (daemon/engine.py applies the same rule)."""
+    if heard is None:
+        return Hypothesis(ex, answer)
+    text = grounded(answer, heard, settings.max_departure)[0] if settings.ground_asr else answer
+    return Hypothesis(ex, text, heard, answer)
 
 
 def format_samples(report: Report, n: int) -> str:
@@ -198,6 +220,8 @@ def format_samples(report: Report, n: int) -> str:
         lines.append(f"{task} {lang}:")
         for h in hyps[:n]:
             lines += [f"  {h.example.id}", f"    ref: {h.example.target}", f"    hyp: {h.text}"]
+            if h.answer is not None and h.answer != h.text:
+                lines.append(f"    llm: {h.answer} (departed from what was heard: replaced)")
             if h.heard is not None:
                 lines.append(f"    ctc: {h.heard}")
     return "\n".join(lines)
@@ -212,13 +236,17 @@ def format_report(report: Report) -> str:
             continue
         metrics = [m for m in METRICS[task] if all(m in figures for _, figures in rows)]
         lines = [task.upper(), f"{'lang':<6}{'n':>6}" + "".join(f"{HEADERS[m]:>9}" for m in metrics)]
-        lines += [f"{lang:<6}{figures['n']:>6}" + "".join(f"{figures[m]:>9.2f}" for m in metrics)
+        lines += [f"{lang:<6}{figures['n']:>6}" + "".join(_figure(figures[m]) for m in metrics)
                   for lang, figures in rows]
         blocks.append("\n".join(lines))
     n = sum(len(h) for h in report.hypotheses.values())
     blocks.append(f"RTF {report.rtf:.4f} (model compute {report.compute_s:.2f} s for {report.audio_s:.2f} s of audio, "
                   f"{n} speech examples; {report.skipped_text} text-only examples skipped)")
     return "\n\n".join(blocks)
+
+
+def _figure(value: float | int) -> str:
+    return f"{value:>9d}" if isinstance(value, int) else f"{value:>9.2f}"
 
 
 def _positive(value: str) -> int:
@@ -247,7 +275,7 @@ def register(sub: argparse._SubParsersAction, open_checkpoint: OpenCheckpoint) -
     source.add_argument("--bundle", type=Path, help="bundle directory (default: the default bundle, built if missing)")
     source.add_argument("--checkpoint", type=Path, help="a training checkpoint directory (e.g. RUN/joint/final)")
     p.add_argument("--manifest", type=Path, required=True, help="JSONL manifest (the training format)")
-    p.add_argument("--json", type=Path, metavar="OUT", help="also write the figures as JSON")
+    p.add_argument("--json", type=Path, metavar="OUT", help="also write the figures and every output as JSON")
     p.add_argument("--limit", type=_positive, metavar="N", help="the first N examples of each task and language")
     p.add_argument("--threads", type=_positive, metavar="N", help="CPU threads for the model")
     p.add_argument("--max-new-tokens", type=_positive, metavar="N",
@@ -281,5 +309,5 @@ def _run(args: argparse.Namespace, open_checkpoint: OpenCheckpoint) -> int:
         print(format_samples(report, args.show), end="\n\n")
     print(format_report(report))
     if args.json:
-        write_json(args.json, report.to_json())
+        write_json(args.json, report.to_json(hypotheses=True))
     return 0

@@ -34,6 +34,10 @@ class DecodeSettings:
     repeat_ngram_max: int = field(default=8, metadata=check(non_negative))
     # ... this many times in a row.
     repeat_times: int = field(default=3, metadata=check(positive))
+    # ASR with a CTC bridge: an answer whose spoken form departs from what was heard (the greedy CTC text) by
+    # more than `max_departure` word edits per heard word is replaced by the heard words (runtime/grounding.py).
+    ground_asr: bool = True
+    max_departure: float = field(default=0.5, metadata=check(positive))
 
     def __post_init__(self) -> None:
         check_fields(self, "decode")

@@ -13,6 +13,7 @@ import numpy as np
 from tympan.runtime.bundle import Bundle, load_bundle
 from tympan.runtime.bundle_manifest import BundleError
 from tympan.runtime.decode import DEFAULT_SETTINGS, Decoded, DecodeSettings, StepLLM, Stop, greedy_decode
+from tympan.runtime.grounding import grounded
 from tympan.runtime.llm import load_llm
 from tympan.runtime.onnx_encoder import Encoded, OnnxEncoder
 from tympan.runtime.prompt import Prompts
@@ -77,7 +78,17 @@ class SpeechModel:
         return greedy_decode(self.llm, self.inputs(speech, instruction), self.prompts.stop_ids,
                              settings.capped(self.prompts.max_new_tokens), cancelled=cancelled, on_token=on_token)
 
-    def respond(self, audio: np.ndarray, instruction: str, settings: DecodeSettings = DEFAULT_SETTINGS) -> str:
-        """Audio in, text out, decoded as the daemon decodes (its default limits and loop guard)."""
-        (speech,) = self.embed_audio([audio])
-        return self.prompts.decode(self.decode(speech, instruction, settings).tokens)
+    def ground(self, answer: str, encoded: Encoded, settings: DecodeSettings) -> tuple[str, bool]:
+        """An ASR answer held to what was heard (runtime/grounding.py): (the text to serve, whether the heard
+        words replaced it). The answer as it is without a CTC bridge or with `settings.ground_asr` off."""
+        if not (self.hears and settings.ground_asr):
+            return answer, False
+        return grounded(answer, self.heard(encoded), settings.max_departure)
+
+    def respond(self, audio: np.ndarray, instruction: str, settings: DecodeSettings = DEFAULT_SETTINGS,
+                task: str | None = None) -> str:
+        """Audio in, text out, decoded as the daemon decodes (its default limits and loop guard); with `task`
+        "asr", held to what was heard as the daemon holds its ASR answers."""
+        (encoded,) = self.encode([audio])
+        answer = self.prompts.decode(self.decode(encoded.embeddings, instruction, settings).tokens)
+        return self.ground(answer, encoded, settings)[0] if task == "asr" else answer
