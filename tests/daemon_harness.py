@@ -174,7 +174,7 @@ def offline_finals(bundle: Path, audio: np.ndarray, task: str = "st", target_lan
     segmenter = Segmenter(DaemonConfig().vad, 16000)
     events = segmenter.push(as_sent(audio)) + segmenter.finish()
     instruction = model.prompts.instruction(task, target_lang)
-    return [model.respond(e.audio, instruction) for e in events if isinstance(e, UtteranceEnded)]
+    return [model.respond(e.audio, instruction, task=task) for e in events if isinstance(e, UtteranceEnded)]
 
 
 def pcm16(audio: np.ndarray) -> bytes:

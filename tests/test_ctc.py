@@ -411,6 +411,31 @@ def test_the_engine_gives_the_heard_text_as_partials_without_the_llm(hearing_bun
     assert got["partial"] == answer and got["final"] == answer and streamed
 
 
+def test_the_daemon_serves_the_heard_words_where_the_answer_departs(hearing_bundle, tmp_path) -> None:
+    """`tympan serve` on a bridge: its ASR finals are the offline run's (the answer held to what was heard),
+    each replacement counted in /metrics; with decode.ground_asr off, the LLM's own answers."""
+    from daemon_harness import DaemonProcess, offline_finals, v1_finals
+
+    from tympan.runtime.grounding import departure
+    from tympan.runtime.speech_model import SpeechModel
+
+    audio = np.concatenate([alsa_speech("Front_Center"), np.zeros(16000, np.float32), alsa_speech("Rear_Left")])
+    expected = offline_finals(hearing_bundle, audio, task="asr", target_lang="en")
+    model = SpeechModel.load(hearing_bundle)
+    raw = [model.respond(a, model.prompts.instruction("asr", "en")) for a in
+           (alsa_speech("Front_Center"), alsa_speech("Rear_Left"))]
+    assert len(expected) == 2 and expected != raw
+    with DaemonProcess(hearing_bundle, tmp_path / "grounded") as daemon:
+        finals = asyncio.run(v1_finals(daemon, audio))
+        assert [f["text"] for f in finals] == expected
+        replaced = sum(a != b for a, b in zip(expected, raw, strict=True))
+        daemon.wait_metrics(lambda m: m.get("tympan_asr_answers_replaced_total") == replaced)
+    assert all(departure(r, e.lower()) > 0.5 for r, e in zip(raw, expected, strict=True) if r != e)
+    with DaemonProcess(hearing_bundle, tmp_path / "raw", config="[decode]\nground_asr = false\n") as daemon:
+        assert [f["text"] for f in asyncio.run(v1_finals(daemon, audio))] == raw
+        assert daemon.metrics()["tympan_asr_answers_replaced_total"] == 0
+
+
 def test_ctc_partials_need_a_ctc_bundle(tympan_home, tmp_path) -> None:
     """A dense bundle with partials_from = "ctc": the daemon refuses to start, in one line naming the key."""
     from tympan.daemon.cli import default_bundle
