@@ -416,6 +416,7 @@ def test_the_daemon_serves_the_heard_words_where_the_answer_departs(hearing_bund
     each replacement counted in /metrics; with decode.ground_asr off, the LLM's own answers."""
     from daemon_harness import DaemonProcess, offline_finals, v1_finals
 
+    from tympan.runtime.decode import DecodeSettings
     from tympan.runtime.grounding import departure
     from tympan.runtime.speech_model import SpeechModel
 
@@ -430,7 +431,8 @@ def test_the_daemon_serves_the_heard_words_where_the_answer_departs(hearing_bund
         assert [f["text"] for f in finals] == expected
         replaced = sum(a != b for a, b in zip(expected, raw, strict=True))
         daemon.wait_metrics(lambda m: m.get("tympan_asr_answers_replaced_total") == replaced)
-    assert all(departure(r, e.lower()) > 0.5 for r, e in zip(raw, expected, strict=True) if r != e)
+    assert all(departure(r, e.lower()) > DecodeSettings().max_departure for r, e in zip(raw, expected, strict=True)
+               if r != e)
     with DaemonProcess(hearing_bundle, tmp_path / "raw", config="[decode]\nground_asr = false\n") as daemon:
         assert [f["text"] for f in asyncio.run(v1_finals(daemon, audio))] == raw
         assert daemon.metrics()["tympan_asr_answers_replaced_total"] == 0
@@ -471,7 +473,7 @@ def test_eval_reports_the_ctc_text_beside_the_answer(ctc_run, hearing_bundle, to
     replaced = [h for h in hyps if h.text != h.answer]
     assert figures["replaced"] == len(replaced) > 0
     assert all(h.text.lower() == h.heard for h in replaced)
-    assert all(h.text == h.answer for h in hyps if departure(h.answer, h.heard) <= 0.5)
+    assert all(h.text == h.answer for h in hyps if departure(h.answer, h.heard) <= DecodeSettings().max_departure)
     assert "CTC WER" in format_report(report) and "LLM WER" in format_report(report)
     unground = evaluate(BundleRunner(hearing_bundle, settings=DecodeSettings(ground_asr=False)), examples)
     assert [h.text for h in unground.hypotheses[("asr", "en")]] == [h.answer for h in hyps]
