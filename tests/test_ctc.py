@@ -515,3 +515,20 @@ def test_a_lora_stage_checkpoint_ships_and_exports_with_its_bridge(ctc_run, tmp_
     for name, value in original.projector.state_dict().items():
         assert torch.equal(shipped.projector.state_dict()[name], value), name
     assert export_bundle(src, tmp_path / "bundle").encoder.bridge == "ctc"
+
+
+def test_a_curve_row_of_an_llm_stage_scores_the_full_model_and_all_real_recordings(ctc_run, toy_corpus,
+                                                                                     tmp_path) -> None:
+    """A lora checkpoint's row: served, LLM and CTC WER side by side; `--limit` cuts dev, not the real set."""
+    from tympan.manifest import load_manifest
+    from tympan.training import curve
+
+    out = tmp_path / "curve.jsonl"
+    curve.main(["--checkpoint", str(ctc_run[0] / "lora" / "final"), "--dev", str(toy_corpus / "dev.jsonl"),
+                "--real", str(toy_corpus / "dev.jsonl"), "--limit", "1", "--out", str(out)])
+    row = json.loads(out.read_text())
+    assert row["stage"] == "lora" and row["total_steps"] == 60  # 40 ctc + 20 lora
+    asr_lines = [e for e in load_manifest(toy_corpus / "dev.jsonl") if e.is_speech and e.task == "asr"]
+    assert row["dev"]["asr"]["en"]["n"] == 1 and row["real"]["asr"]["en"]["n"] == len(asr_lines) > 1
+    assert {"wer", "llm_wer", "ctc_wer", "replaced"} <= set(row["real"]["asr"]["en"])
+    assert "hypotheses" not in row["real"]
