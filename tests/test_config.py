@@ -50,7 +50,9 @@ BASE = '[encoder]\nkind = "whisper"\n[encoder.random]\n[llm.random]\n'
         ("[lora]\ndropout = 1.5\n", "lora.dropout: must be in [0, 1)"),
         ("[train.lora]\ntasks = ['asr']\ntask_shares = { st = 1.0 }\n",
          "train.lora.task_shares.st: not one of the stage's tasks (asr)"),
-        ("[train.lora]\ntask_shares = { asr = 0 }\n", "train.lora.task_shares.asr: must be > 0, got 0.0"),
+        ("[train.lora]\ntask_shares = { asr = 0, st = 1, sqa = 1 }\n",
+         "train.lora.task_shares.asr: must be > 0, got 0.0"),
+        ("[train.lora]\ntask_shares = { asr = 1 }\n", "train.lora.task_shares: no share for 'st'"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, extra: str, message: str) -> None:

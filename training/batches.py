@@ -70,8 +70,9 @@ def fragment(text: str, longest: int = 6) -> str | None:
 def with_task_shares(examples: Sequence[Example], shares: Mapping[str, float], seed: int) -> list[Example]:
     """`examples` resampled so each task in `shares` holds that share of them (as many in all): a small
     task's examples repeat, a large one's are subsampled, deterministically for `seed`. Tasks not in
-    `shares` are left out, and shares of tasks this modality has no example of are not counted (the
-    lora stage has no speech); empty `shares` leaves the examples as they are."""
+    `shares` are left out (a recipe gives every task of a stage a share: recipe.validate), and shares of
+    tasks this modality has no example of are not counted (the lora stage has no speech); empty
+    `shares` leaves the examples as they are."""
     rng = random.Random(f"{seed}:shares")
     pools = {task: [e for e in examples if e.task == task] for task in shares}
     pools = {task: pool for task, pool in pools.items() if pool}

@@ -272,6 +272,10 @@ def validate(cfg: Recipe, source: str) -> Recipe:
                                   f"({', '.join(stage.tasks)})")
             if not share > 0:
                 raise ConfigError(f"{source}: train.{name}.task_shares.{task}: must be > 0, got {share}")
+        missing = [t for t in stage.tasks if stage.task_shares and t not in stage.task_shares]
+        if missing:
+            raise ConfigError(f"{source}: train.{name}.task_shares: no share for {missing[0]!r} (give every task "
+                              f"of train.{name}.tasks a share, or none)")
     return cfg
 
 
