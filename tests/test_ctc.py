@@ -395,9 +395,10 @@ def test_the_engine_gives_the_heard_text_as_partials_without_the_llm(hearing_bun
                     done.set()
             return deliver
 
-        engine.start()
+        # Both queued before the worker starts: a final submitted while the partial runs would preempt it.
         engine.submit(Job("s", 0, "partial", audio, Request(), on_done=on_done("partial")))
         engine.submit(Job("t", 0, "final", audio, Request(), on_done=on_done("final"), on_text=streamed.append))
+        engine.start()
         await asyncio.wait_for(done.wait(), 60)
         engine.stop()
         assert engine.answers_replaced == int(ground_asr)
