@@ -83,7 +83,9 @@ class Engine:
         self._thread = threading.Thread(target=self._work, name="tympan-inference", daemon=True)
         self.busy_seconds = 0.0
         self.audio_seconds = 0.0
-        self.answers_replaced = 0  # ASR answers replaced by what was heard (runtime/grounding.py)
+        # Final decodes whose ASR answer was replaced by what was heard (runtime/grounding.py); speculative
+        # finals the session later drops are counted too: the engine does not know which are confirmed.
+        self.answers_replaced = 0
         self.on_stats: Callable[[dict[str, Any]], None] | None = None
 
     def start(self) -> None:

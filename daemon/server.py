@@ -172,8 +172,8 @@ class Daemon:
                              lambda: self.engine.busy_seconds))
         r.add(CounterReading("tympan_final_audio_seconds_total", "Audio of the utterances finalised",
                              lambda: self.engine.audio_seconds))
-        r.add(CounterReading("tympan_asr_answers_replaced_total", "ASR answers replaced by the words the CTC "
-                             "bridge heard (the answer departed from them: decode.max_departure)",
+        r.add(CounterReading("tympan_asr_answers_replaced_total", "Final ASR decodes (speculative ones included) "
+                             "whose answer departed from the words the CTC bridge heard and was replaced by them",
                              lambda: self.engine.answers_replaced))
         r.add(Gauge("tympan_mqtt_connected", "1 when connected to the MQTT broker",
                     lambda: int(bool(self.publisher and self.publisher.connected))))

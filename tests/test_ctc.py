@@ -430,8 +430,9 @@ def test_the_daemon_serves_the_heard_words_where_the_answer_departs(hearing_bund
     with DaemonProcess(hearing_bundle, tmp_path / "grounded") as daemon:
         finals = asyncio.run(v1_finals(daemon, audio))
         assert [f["text"] for f in finals] == expected
+        # Counted per final decode: a speculative final decoded at a pause and dropped counts too.
         replaced = sum(a != b for a, b in zip(expected, raw, strict=True))
-        daemon.wait_metrics(lambda m: m.get("tympan_asr_answers_replaced_total") == replaced)
+        daemon.wait_metrics(lambda m: m.get("tympan_asr_answers_replaced_total", 0) >= replaced > 0)
     assert all(departure(r, e.lower()) > DecodeSettings().max_departure for r, e in zip(raw, expected, strict=True)
                if r != e)
     with DaemonProcess(hearing_bundle, tmp_path / "raw", config="[decode]\nground_asr = false\n") as daemon:
