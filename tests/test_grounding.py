@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tympan.runtime.grounding import departure, grounded, word_edits
+from tympan.runtime.decode import DecodeSettings
+from tympan.runtime.grounding import departure, grounded, held, word_edits
 
 
 def test_word_edits_count_substitutions_insertions_and_deletions() -> None:
@@ -31,3 +32,13 @@ def test_an_answer_that_departs_is_replaced_by_the_heard_words() -> None:
     # Nothing heard: nothing to hold the answer to (the runtime does not decode then anyway).
     assert grounded("Hello.", "", 0.5) == ("Hello.", False)
     assert departure("Hello there.", "") == 2
+
+
+def test_held_applies_the_settings_and_needs_something_heard() -> None:
+    """The one rule the engine, `tympan infer` and `tympan eval` serve by."""
+    assert held("10:00", "front left", DecodeSettings()) == ("Front left", True)
+    assert held("10:00", "front left", DecodeSettings(ground_asr=False)) == ("10:00", False)
+    assert held("10:00", None, DecodeSettings()) == ("10:00", False)  # no CTC bridge
+    # max_departure is the settings' own: one edit in three heard words passes 0.5, not 0.2.
+    assert held("Ten of clubs.", "ten of clocks", DecodeSettings(max_departure=0.5)) == ("Ten of clubs.", False)
+    assert held("Ten of clubs.", "ten of clocks", DecodeSettings(max_departure=0.2)) == ("Ten of clocks", True)

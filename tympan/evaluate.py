@@ -28,7 +28,7 @@ from tympan.atomic import write_json
 from tympan.errors import TympanError
 from tympan.manifest import Example, load_manifest
 from tympan.runtime.decode import DEFAULT_SETTINGS, DecodeSettings
-from tympan.runtime.grounding import grounded
+from tympan.runtime.grounding import held
 from tympan.tasks import TASKS
 
 if TYPE_CHECKING:  # for annotations only
@@ -207,11 +207,10 @@ def evaluate(
 
 
 def _served(ex: Example, answer: str, heard: str | None, settings: DecodeSettings) -> Hypothesis:
-    """What the daemon would serve for this answer (daemon/engine.py applies the same rule)."""
+    """What the daemon would serve for this answer (runtime/grounding.held, as the engine serves it)."""
     if heard is None:
         return Hypothesis(ex, answer)
-    text = grounded(answer, heard, settings.max_departure)[0] if settings.ground_asr else answer
-    return Hypothesis(ex, text, heard, answer)
+    return Hypothesis(ex, held(answer, heard, settings)[0], heard, answer)
 
 
 def format_samples(report: Report, n: int) -> str:

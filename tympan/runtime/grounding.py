@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from tympan.runtime.decode import DecodeSettings
 from tympan.spoken import ctc_target
 
 
@@ -38,3 +39,11 @@ def grounded(answer: str, heard: str, max_departure: float) -> tuple[str, bool]:
         return answer, False
     text = heard.strip()
     return text[:1].upper() + text[1:], True
+
+
+def held(answer: str, heard: str | None, settings: DecodeSettings) -> tuple[str, bool]:
+    """An ASR answer as served under `settings`: held to `heard` (None: no CTC bridge, nothing to hold it
+    to), unless `settings.ground_asr` is off. The daemon, `tympan infer` and `tympan eval` all serve this."""
+    if heard is None or not settings.ground_asr:
+        return answer, False
+    return grounded(answer, heard, settings.max_departure)

@@ -13,7 +13,7 @@ import numpy as np
 from tympan.runtime.bundle import Bundle, load_bundle
 from tympan.runtime.bundle_manifest import BundleError
 from tympan.runtime.decode import DEFAULT_SETTINGS, Decoded, DecodeSettings, StepLLM, Stop, greedy_decode
-from tympan.runtime.grounding import grounded
+from tympan.runtime.grounding import held
 from tympan.runtime.llm import load_llm
 from tympan.runtime.onnx_encoder import Encoded, OnnxEncoder
 from tympan.runtime.prompt import Prompts
@@ -81,9 +81,7 @@ class SpeechModel:
     def ground(self, answer: str, encoded: Encoded, settings: DecodeSettings) -> tuple[str, bool]:
         """An ASR answer held to what was heard (runtime/grounding.py): (the text to serve, whether the heard
         words replaced it). The answer as it is without a CTC bridge or with `settings.ground_asr` off."""
-        if not (self.hears and settings.ground_asr):
-            return answer, False
-        return grounded(answer, self.heard(encoded), settings.max_departure)
+        return held(answer, self.heard(encoded) if self.hears else None, settings)
 
     def respond(self, audio: np.ndarray, instruction: str, settings: DecodeSettings = DEFAULT_SETTINGS,
                 task: str | None = None) -> str:
