@@ -208,6 +208,17 @@ def test_simulation_without_errors_is_the_token_embeddings() -> None:
     torch.testing.assert_close(embed(ids, weights, table), table[tokens], atol=1e-6, rtol=0)
 
 
+def test_simulated_bridge_input_lives_where_the_table_does() -> None:
+    """Text batches on a GPU: the simulated segments are built on the embedding table's device and in
+    its dtype (found on the first GPU run of the lora stage: CPU weights times a CUDA table). The meta
+    device stands in for a GPU here: any mix of devices raises."""
+    from tympan.training.model.simulate import ErrorProfile, embed, simulate
+
+    ids, weights = simulate([3, 7, 12], ErrorProfile(), 50, 4, np.random.default_rng(0))
+    out = embed(ids, weights, torch.empty(50, H, device="meta", dtype=torch.bfloat16))
+    assert out.device.type == "meta" and out.dtype == torch.bfloat16 and out.shape == (len(ids), H)
+
+
 def test_simulated_error_rates_are_the_profile_s() -> None:
     from tympan.training.model.simulate import ErrorProfile, align, measure, simulate
 

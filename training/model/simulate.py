@@ -144,5 +144,5 @@ def simulate(tokens: Sequence[int], profile: ErrorProfile, vocab_size: int, top_
 
 def embed(ids: np.ndarray, weights: np.ndarray, table: torch.Tensor) -> torch.Tensor:
     """Segment vectors as the bridge forms them: the weighted sum of the rows of `table` (S, H)."""
-    rows = table[torch.from_numpy(ids)]
-    return (torch.from_numpy(weights).to(table.dtype)[..., None] * rows).sum(-2)
+    rows = table[torch.from_numpy(ids).to(table.device)]
+    return (torch.from_numpy(weights).to(table.device, table.dtype)[..., None] * rows).sum(-2)
