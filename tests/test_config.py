@@ -28,6 +28,26 @@ def test_shipped_configs_parse_and_validate() -> None:
     assert tiny.encoder.random is not None and tiny.llm.random is not None
 
 
+def test_overrides_set_dotted_keys_and_are_validated_like_the_file(tmp_path: Path) -> None:
+    """`tympan train --set KEY=VALUE`: the shipped default's lora stage is configs/default.toml with
+    a larger batch and more steps, run on a GPU, without a second copy of the recipe."""
+    cfg = load_config(CONFIGS / "default.toml", ["train.batch_size=32", "train.lora.steps = 1915",
+                                                 "projector.bridge=top1", "train.augment.time_masks=0"])
+    plain = load_config(CONFIGS / "default.toml")
+    assert (cfg.train.batch_size, cfg.train.lora.steps, cfg.projector.bridge) == (32, 1915, "top1")
+    assert cfg.train.augment.time_masks == 0 and plain.train.augment.time_masks > 0
+    assert cfg.train.lora.lr == plain.train.lora.lr and cfg.train.ctc == plain.train.ctc
+    path = _write(tmp_path, BASE)
+    for bad, message in [("train.lora.stepz=3", "unknown key train.lora.stepz"),
+                         ("train.batch_size=many", "train.batch_size: expected an integer"),
+                         ("train.batch_size=0", "train.batch_size: must be > 0"),
+                         ("seed.x=1", "seed: expected an integer"),
+                         ("encoder.kind.x=1", "override encoder.kind.x: encoder.kind is not a table"),
+                         ("seed", "override 'seed' is not KEY=VALUE")]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_config(path, [bad])
+
+
 def _write(tmp_path: Path, text: str) -> Path:
     p = tmp_path / "c.toml"
     p.write_text(text)

@@ -18,6 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--projector", type=Path, metavar="CKPT", help="joint stage: projector checkpoint to start from")
     p.add_argument("--lora", type=Path, metavar="CKPT", help="joint stage: LoRA checkpoint to start from")
     p.add_argument("--seed", type=int, help="override the config's seed")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override a config value, e.g. --set train.lora.steps=1915 (VALUE as TOML; repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still written)")
     p.set_defaults(run=_train)
 
@@ -54,7 +56,7 @@ def _train(args: argparse.Namespace) -> int:
     from tympan.training.recipe import DataConfig, load_config, replace
     from tympan.training.trainer import train
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.overrides)
     if args.train or args.dev:
         train_m = [str(Path(p).resolve()) for p in args.train] if args.train else cfg.data.train
         # New training data without new dev data: the config's dev set may not match it.

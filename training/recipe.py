@@ -10,6 +10,7 @@ from typing import Any, Literal, get_args
 
 from tympan.config import (
     ConfigError,
+    apply_overrides,
     check,
     from_dict,
     non_negative,
@@ -279,11 +280,14 @@ def validate(cfg: Recipe, source: str) -> Recipe:
     return cfg
 
 
-def load_config(path: str | Path) -> Recipe:
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """The recipe in `path`, with `dotted.key=VALUE` overrides (`tympan train --set`) applied first."""
     path = Path(path)
     data = read_toml(path)
     if "base_dir" in data:
         raise ConfigError(f"{path}: unknown key base_dir")
+    if overrides:
+        data = apply_overrides(data, overrides, str(path))
     data["base_dir"] = str(path.resolve().parent)
     cfg = from_dict(Recipe, data, source=str(path))
     return validate(cfg, str(path))

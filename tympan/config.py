@@ -39,6 +39,33 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
 
 
+def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
+    """`data` with each `dotted.key=VALUE` of `overrides` set, VALUE read as a TOML value (a bare
+    word as a string): one recipe run with other settings without a second copy of the file. Missing
+    tables are created; unknown keys and wrong types are left to the validation that follows, which
+    names them."""
+    out = dict(data)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"{source}: override {item!r} is not KEY=VALUE")
+        try:
+            value = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()
+        parts = key.split(".")
+        table = out
+        for i, part in enumerate(parts[:-1]):
+            inner = table.get(part, {})
+            if not isinstance(inner, dict):
+                raise ConfigError(f"{source}: override {key}: {'.'.join(parts[: i + 1])} is not a table of this config")
+            table[part] = inner = dict(inner)
+            table = inner
+        table[parts[-1]] = value
+    return out
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
