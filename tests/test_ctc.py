@@ -293,6 +293,13 @@ def test_ctc_stage_learns_and_resumes_exactly(tiny_cfg, toy_corpus, tmp_path, ca
     row = json.loads((tmp_path / "curve.jsonl").read_text())
     assert (row["stage"], row["step"], row["total_steps"]) == ("ctc", 40, 40)
     assert row["dev"] == {"asr": {"en": {"ctc_wer": point["ctc_wer"], "n": 6}}}
+    # A checkpoint trained before its manifests grew says how much audio it saw; a negative figure is refused.
+    curve.main(["--checkpoint", str(tmp_path / "a" / "ctc" / "step-000040"), "--config", str(tmp_path / "ctc.toml"),
+                "--train-hours", "4.125", "--out", str(tmp_path / "curve2.jsonl")])
+    assert json.loads((tmp_path / "curve2.jsonl").read_text())["train_audio_hours"] == 4.12
+    with pytest.raises(SystemExit):
+        curve.main(["--checkpoint", str(tmp_path / "a"), "--train-hours", "-1", "--out", str(tmp_path / "c3.jsonl")])
+    assert "--train-hours must be >= 0" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -508,6 +515,25 @@ def test_shipping_in_fp16_keeps_the_bridge_token_ids() -> None:
     half = _cast(state, torch.float16)
     assert half["vocab_ids"].dtype == torch.long and torch.equal(half["vocab_ids"], state["vocab_ids"])
     assert half["inp.weight"].dtype == torch.float16
+
+
+def test_a_new_ship_keeps_the_learning_curve_beside_the_model(ctc_run, tmp_path) -> None:
+    """models/default/curve.jsonl covers every checkpoint shipped so far: shipping the next one
+    replaces the weights, not the curve (it did, once)."""
+    from tympan.training.ship import ship
+
+    src = tmp_path / "ckpt"
+    shutil.copytree(ctc_run[0] / "lora" / "final", src)
+    for random_part in ("encoder.safetensors", "llm", "tokenizer"):  # as a package-based checkpoint has
+        target = src / "base" / random_part
+        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    dst = tmp_path / "models" / "default"
+    dst.mkdir(parents=True)
+    (dst / "curve.jsonl").write_text('{"step": 1}\n')
+    (dst / "stale.bin").write_bytes(b"old")
+    assert ship(src, dst, check=None) == "float16"
+    assert (dst / "curve.jsonl").read_text() == '{"step": 1}\n'
+    assert not (dst / "stale.bin").exists() and (dst / "projector.safetensors").is_file()
 
 
 def test_a_lora_stage_checkpoint_ships_and_exports_with_its_bridge(ctc_run, tmp_path) -> None:

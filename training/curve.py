@@ -62,7 +62,8 @@ def is_ctc_stage(checkpoint: Path) -> bool:
 
 
 def curve_row(checkpoint: Path, dev: Path | None, real: Path | None, limit: int | None,
-              threads: int | None, config: Path | None = None) -> dict[str, Any]:
+              threads: int | None, config: Path | None = None,
+              train_hours: float | None = None) -> dict[str, Any]:
     if is_ctc_stage(checkpoint):
         assert config is not None, "a ctc-stage checkpoint carries no recipe"
         cfg = load_config(config)
@@ -78,7 +79,8 @@ def curve_row(checkpoint: Path, dev: Path | None, real: Path | None, limit: int 
         "stage": stage,
         "step": step,
         "total_steps": total_steps(checkpoint, stage, step),
-        "train_audio_hours": round(audio_hours([m for m in train_manifests if m.is_file()]), 2),
+        "train_audio_hours": round(train_hours if train_hours is not None
+                                   else audio_hours([m for m in train_manifests if m.is_file()]), 2),
     }
     if stage == "ctc":
         manifests = {name: m for name, m in (("dev", dev), ("real", real)) if m is not None}
@@ -111,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=40, help="dev examples per task and language (all the real recordings)")
     p.add_argument("--threads", type=int)
     p.add_argument("--config", type=Path, help="the run's recipe (ctc-stage checkpoints carry none)")
+    p.add_argument("--train-hours", type=float, metavar="H",
+                   help="hours of training audio the checkpoint saw, where its manifests have grown since "
+                        "(default: measured from the recipe's manifests as they are now)")
     p.add_argument("--out", type=Path, required=True, help="JSONL file to append the row to")
     args = p.parse_args(argv)
     if is_ctc_stage(args.checkpoint) and args.config is None:
@@ -119,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    row = curve_row(args.checkpoint, args.dev, args.real, args.limit, args.threads, args.config)
+    if args.train_hours is not None and args.train_hours < 0:
+        p.error(f"--train-hours must be >= 0, got {args.train_hours}")
+    row = curve_row(args.checkpoint, args.dev, args.real, args.limit, args.threads, args.config, args.train_hours)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("a", encoding="utf-8") as f:
         f.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -23,6 +23,10 @@ from tympan.atomic import atomic_directory
 from tympan.config import tympan_home
 from tympan.training.model.checkpoint import CheckpointError, read_meta, takes_speech
 
+# Files of the shipped model's directory that are not the checkpoint's and outlive a new ship: the
+# learning curve (training/curve.py) covers every checkpoint shipped so far.
+KEPT = ("curve.jsonl",)
+
 
 def _portable(text: str) -> str:
     """This machine's $TYMPAN_HOME written as `$TYMPAN_HOME`: a shipped file names no local path."""
@@ -91,6 +95,9 @@ def ship(src: Path, dst: Path, check: Path | None, limit: int = 4) -> str:
                 _copy_trained(src, tmp, torch.float32)
                 dtype = "float32"
         (tmp / "shipped.json").write_text(json.dumps({"from": str(src.name), "dtype": dtype}, indent=1) + "\n")
+        for name in KEPT:
+            if (dst / name).is_file():
+                shutil.copy(dst / name, tmp / name)
     return dtype
 
 
