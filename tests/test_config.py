@@ -73,6 +73,7 @@ BASE = '[encoder]\nkind = "whisper"\n[encoder.random]\n[llm.random]\n'
         ("[train.lora]\ntask_shares = { asr = 0, st = 1, sqa = 1 }\n",
          "train.lora.task_shares.asr: must be > 0, got 0.0"),
         ("[train.lora]\ntask_shares = { asr = 1 }\n", "train.lora.task_shares: no share for 'st'"),
+        ("[train.lora]\ntrain_projector = false\n", "train.lora.train_projector: only the joint stage"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, extra: str, message: str) -> None:

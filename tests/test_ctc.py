@@ -315,6 +315,32 @@ def ctc_run(tiny_cfg, tmp_path_factory):
     return run, train(cfg, "all", run, show_progress=False)
 
 
+def test_a_joint_stage_with_the_bridge_frozen_trains_lora_alone(ctc_run, tiny_cfg, tmp_path) -> None:
+    """train.joint.train_projector = false: LoRA learns from what the bridge really gives, and the
+    bridge (the CTC head the served ASR text comes from) stays exactly as the ctc stage left it."""
+    from safetensors.torch import load_file
+
+    from tympan.training.model.checkpoint import read_meta
+    from tympan.training.recipe import StageConfig, replace
+    from tympan.training.trainer import train
+
+    run = ctc_run[0]
+    cfg = ctc_recipe(tiny_cfg, 40)
+    joint = StageConfig(steps=6, lr=1e-3, lr_lora=1e-3, tasks=["asr", "st"], train_projector=False)
+    cfg = replace(cfg, train=replace(cfg.train, joint=joint))
+    init = {"projector": run / "ctc" / "final", "lora": run / "lora" / "final"}
+    (outcome,) = train(cfg, "joint", tmp_path, init=init, show_progress=False)
+    assert outcome.final is not None and read_meta(outcome.final)["trained"] == ["lora"]
+    before = load_file(str(run / "ctc" / "final" / "projector.safetensors"))
+    after = load_file(str(outcome.final / "projector.safetensors"))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    lora_before = load_file(str(run / "lora" / "final" / "adapter" / "adapter_model.safetensors"))
+    lora_after = load_file(str(outcome.final / "adapter" / "adapter_model.safetensors"))
+    assert any(not torch.equal(lora_before[k], lora_after[k]) for k in lora_before)
+    log = [json.loads(x) for x in (tmp_path / "joint" / "log.jsonl").read_text().splitlines()]
+    assert all("lr_projector" not in r and "lr_lora" in r for r in log if "loss" in r)
+
+
 def test_all_stages_over_the_bridge_train_export_and_serve(ctc_run, toy_corpus) -> None:
     """ctc -> lora (text as simulated bridge output) -> joint (LM + CTC loss): each stage learns; the
     checkpoint exports to a bundle that serves the same tokens."""

@@ -142,6 +142,9 @@ class StageConfig:
     text_lines: bool = True
     # Joint stage with the CTC bridge: the CTC loss's weight beside the LM loss (Soundwave's 0.3).
     ctc_weight: float = field(default=0.3, metadata=check(non_negative))
+    # Joint stage: train the projector (the bridge) too. False trains LoRA alone on what the frozen
+    # bridge really gives: a joint run that trained both made the CTC head worse (README).
+    train_projector: bool = True
     # Each task's share of the stage's examples, per modality (empty: as many as the data hold). The
     # lora stage's text is ~90 % QA and translation lines; ASR, the first thing users need, gets more.
     task_shares: dict[str, float] = field(default_factory=dict)
@@ -265,6 +268,8 @@ def validate(cfg: Recipe, source: str) -> Recipe:
                     raise ConfigError(f"{source}: prompt.instructions.sqa.{lang}: must contain {{question}}")
     for name in (*STAGES, "ctc"):
         stage = cfg.stage(name)
+        if name != "joint" and not stage.train_projector:
+            raise ConfigError(f"{source}: train.{name}.train_projector: only the joint stage has this choice")
         if not stage.tasks:
             raise ConfigError(f"{source}: train.{name}.tasks must name at least one task")
         for task, share in stage.task_shares.items():

@@ -103,9 +103,9 @@ class StageRun:
         return self.dir / "final"
 
 
-def _trained_parts(stage: Stage) -> list[str]:
-    return [part for part, on in (("projector", stage in ("projector", "joint")),
-                                  ("lora", stage in ("lora", "joint"))) if on]
+def _trained_parts(stage: Stage, cfg: Recipe) -> list[str]:
+    projector = stage == "projector" or (stage == "joint" and cfg.train.joint.train_projector)
+    return [part for part, on in (("projector", projector), ("lora", stage in ("lora", "joint"))) if on]
 
 
 def _tasks_seen(examples: Sequence[Example]) -> dict[str, list[str]]:
@@ -280,7 +280,7 @@ class Trainer:
         data = self._stage_data(stage)
         checkpoints = step_dirs(self.out / stage)
         resume = checkpoints[-1] if checkpoints else None
-        trained = _trained_parts(stage)
+        trained = _trained_parts(stage, self.cfg)
         model = self._stage_model(stage, trained, resume, init)
         groups = self._param_groups(stage, model, trained)
         scfg = self.cfg.stage(stage)
@@ -331,7 +331,8 @@ class Trainer:
             errors = proj_init / "errors.json"
             if errors.is_file():  # how the head errs: what the text's simulated bridge inputs imitate
                 model.errors = ErrorProfile.load(errors)
-            model.ctc_weight = self.cfg.stage(stage).ctc_weight if stage == "joint" else 0.0
+            # A frozen bridge learns nothing from the CTC loss: it would only cost time.
+            model.ctc_weight = self.cfg.stage(stage).ctc_weight if "projector" in trained and stage == "joint" else 0.0
         model.to(self.acc.device)
         model.train()
         model.encoder.eval()
