@@ -21,11 +21,8 @@ from safetensors.torch import load_file, save_file
 
 from tympan.atomic import atomic_directory
 from tympan.config import tympan_home
+from tympan.runtime.bundle import BESIDE_MODEL
 from tympan.training.model.checkpoint import CheckpointError, read_meta, takes_speech
-
-# Files of the shipped model's directory that are not the checkpoint's and outlive a new ship: the
-# learning curve (training/curve.py) covers every checkpoint shipped so far.
-KEPT = ("curve.jsonl",)
 
 
 def _portable(text: str) -> str:
@@ -95,7 +92,7 @@ def ship(src: Path, dst: Path, check: Path | None, limit: int = 4) -> str:
                 _copy_trained(src, tmp, torch.float32)
                 dtype = "float32"
         (tmp / "shipped.json").write_text(json.dumps({"from": str(src.name), "dtype": dtype}, indent=1) + "\n")
-        for name in KEPT:
+        for name in BESIDE_MODEL:  # not the checkpoint's: they outlive a new ship
             if (dst / name).is_file():
                 shutil.copy(dst / name, tmp / name)
     return dtype

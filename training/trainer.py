@@ -332,7 +332,7 @@ class Trainer:
             if errors.is_file():  # how the head errs: what the text's simulated bridge inputs imitate
                 model.errors = ErrorProfile.load(errors)
             # A frozen bridge learns nothing from the CTC loss: it would only cost time.
-            model.ctc_weight = self.cfg.stage(stage).ctc_weight if "projector" in trained and stage == "joint" else 0.0
+            model.ctc_weight = self.cfg.stage(stage).ctc_weight if stage == "joint" and "projector" in trained else 0.0
         model.to(self.acc.device)
         model.train()
         model.encoder.eval()

@@ -99,6 +99,9 @@ def bundle_format(path: Path) -> object:
 # The repository's shipped models (models/<name>: trained weights and config), and the file in a default bundle
 # that says which shipped weights it was built from.
 SHIPPED_MODELS = Path(__file__).resolve().parent.parent.parent / "models"
+# Files kept beside a shipped model that are not the model: the learning curve (training/curve.py) grows
+# without the weights changing, and a new ship keeps it (training/ship.py).
+BESIDE_MODEL = ("curve.jsonl",)
 BUILT_FROM = "built-from.sha256"
 
 
@@ -109,7 +112,7 @@ def shipped_fingerprint(model: str) -> str | None:
     if not (root / "checkpoint.json").is_file():
         return None
     lines = [f"{p.relative_to(root).as_posix()} {sha256_file(p)}" for p in sorted(root.rglob("*"))
-             if p.is_file() and p.name != "curve.jsonl"]  # the curve grows without the weights changing
+             if p.is_file() and p.name not in BESIDE_MODEL]
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
