@@ -34,6 +34,17 @@ class BenchmarkError(RuntimeError):
     """A benchmark cannot run as asked (bad option, missing recordings, a non-loopback target)."""
 
 
+def cpu_model() -> str:
+    """The CPU's name, for the header of a table of timings."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
 # --- recordings ------------------------------------------------------------------------------
 
 

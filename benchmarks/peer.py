@@ -36,6 +36,7 @@ from common import (
     BenchmarkError,
     Listener,
     Utterance,
+    cpu_model,
     cpu_seconds,
     manifest_utterances,
     quantile,
@@ -165,16 +166,6 @@ def run_faster_whisper(name: str, utterances: list[Utterance], threads: int, com
 
 
 # --- report -----------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def fmt(v: float | None, spec: str) -> str:

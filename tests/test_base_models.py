@@ -11,7 +11,14 @@ import pytest
 import torch
 
 from tympan.training.model import base_models
-from tympan.training.model.base_models import BaseModelError, PackagedFile, WhisperPackage, resolve, whisper_ct2_dir
+from tympan.training.model.base_models import (
+    BaseModelError,
+    LlmPackage,
+    PackagedFile,
+    WhisperPackage,
+    resolve,
+    whisper_ct2_dir,
+)
 from tympan.training.model.encoder import build_encoder
 from tympan.training.model.llm import load_pretrained
 from tympan.training.recipe import EncoderConfig, LLMConfig
@@ -96,6 +103,29 @@ def test_missing_and_unknown_packages(monkeypatch: pytest.MonkeyPatch) -> None:
         pypi="absent-pkg==1", parts=(PackagedFile("absent_pkg_xyz", "model.bin", "0" * 64),), files=()))
     with pytest.raises(BaseModelError, match=r"'absent_pkg_xyz' is not installed: pip install absent-pkg==1"):
         resolve("package:whisper-absent")
+
+
+def test_a_split_llm_package_is_joined_once_and_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An LLM whose GGUF comes in chunk packages: joined into the cache when the whole file's sha256 is the
+    pinned one; another sha256 is refused, naming the packages, and leaves nothing that looks joined."""
+    import hashlib
+
+    for i, chunk in enumerate((b"gguf-", b"bytes")):
+        pkg = tmp_path / "site" / f"chunky_part{i + 1}"
+        (pkg / "data").mkdir(parents=True)
+        (pkg / "__init__.py").write_text("")
+        (pkg / "data" / f"m.gguf.part{i:02d}").write_bytes(chunk)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setenv("TYMPAN_HOME", str(tmp_path / "home"))
+    parts = tuple(PackagedFile(f"chunky_part{i + 1}", f"data/m.gguf.part{i:02d}", "") for i in range(2))
+    good = hashlib.sha256(b"gguf-bytes").hexdigest()
+    monkeypatch.setitem(base_models.LLMS, "chunky", LlmPackage("chunky-part1 chunky-part2", parts, good))
+    path = base_models.gguf_file("chunky")
+    assert path.name == "m.gguf" and path.read_bytes() == b"gguf-bytes"
+    monkeypatch.setitem(base_models.LLMS, "chunky2", LlmPackage("chunky-part1 chunky-part2", parts, "0" * 64))
+    with pytest.raises(BaseModelError, match=r"does not match the pinned 0{64}: reinstall chunky-part1 chunky-part2"):
+        base_models.gguf_file("chunky2")
+    assert not (tmp_path / "home" / "base" / "chunky2-gguf").exists()
 
 
 def test_smollm2_from_gguf_is_saved_losslessly() -> None:

@@ -17,7 +17,7 @@ from tympan.spoken import ctc_target, spoken_form
 from tympan.training.model.ctc import CtcBridge, bridge, ctc_loss_sum, greedy_ids, stack_frames
 from tympan.training.model.ctc_targets import CtcVocab, build_vocab, targets, text_of
 from tympan.training.model.speech_llm import pad_sequences
-from tympan.training.recipe import ProjectorConfig
+from tympan.training.recipe import ProjectorConfig, replace
 
 V, H = 10, 6
 BLANK = V
@@ -107,6 +107,29 @@ def test_the_head_learns_a_fixed_batch() -> None:
     model.eval()
     logits, frames = model.logits(x, lengths)
     assert greedy_ids(logits, frames) == labels
+
+
+def test_a_warm_start_keeps_the_weights_and_matches_token_biases_by_id(tmp_path) -> None:
+    """A head trained on a smaller corpus starts the next run: every weight copied, each token's bias
+    found by its LLM token id in the old vocabulary, a new token at the old biases' mean."""
+    from safetensors.torch import save_file
+
+    from tympan.training.ctc_stage import CtcStageError, warm_start
+
+    old = tiny_bridge()
+    with torch.no_grad():
+        old.bias.copy_(torch.arange(V, dtype=torch.float32))
+    save_file({k: v.contiguous() for k, v in old.state_dict().items()}, str(tmp_path / "projector.safetensors"))
+    CtcVocab(tuple(range(V)), V + 5).save(tmp_path / "vocab.json")
+    cfg = old.cfg
+    new = CtcBridge(cfg, 8, H, torch.tensor([3, V + 2, 1]))  # token V + 2 was never scored by the old head
+    assert warm_start(new, CtcVocab((3, V + 2, 1), V + 5), tmp_path, V + 5) == 1
+    assert new.bias.tolist() == [3.0, (V - 1) / 2, 1.0]
+    assert new.vocab_ids.tolist() == [3, V + 2, 1]
+    assert torch.equal(new.inp.weight, old.inp.weight) and torch.equal(new.blank, old.blank)
+    wider = CtcBridge(replace(cfg, width=32, ffn_size=64), 8, H, torch.tensor([3]))
+    with pytest.raises(CtcStageError, match=r"inp\.weight"):
+        warm_start(wider, CtcVocab((3,), V + 5), tmp_path, V + 5)
 
 
 def test_untied_bridge_is_refused() -> None:
@@ -313,6 +336,24 @@ def ctc_run(tiny_cfg, tmp_path_factory):
                                      joint=StageConfig(steps=20, lr=1e-3, lr_lora=1e-3, tasks=["asr", "st"])))
     run = tmp_path_factory.mktemp("ctc-run")
     return run, train(cfg, "all", run, show_progress=False)
+
+
+def test_a_ctc_run_warm_started_from_an_earlier_head_starts_where_it_left_off(ctc_run, tiny_cfg, tmp_path,
+                                                                            capsys) -> None:
+    """`tympan train --stage ctc --warm-start OLD/ctc/final`: the new run's first losses are the
+    trained head's, not a random one's."""
+    from tympan.training.trainer import train
+
+    run, _ = ctc_run
+    cfg = ctc_recipe(tiny_cfg, 5)
+    (outcome,) = train(cfg, "ctc", tmp_path / "warm", init={"ctc": run / "ctc" / "final"}, show_progress=False)
+    assert outcome.step == 5
+    assert "warm-started from" in capsys.readouterr().err
+    first = [json.loads(line) for line in (tmp_path / "warm" / "ctc" / "log.jsonl").read_text().splitlines()]
+    cold = [json.loads(line) for line in (run / "ctc" / "log.jsonl").read_text().splitlines()]
+    last_cold = [r["loss"] for r in cold if "loss" in r][-1]
+    assert first[0]["step"] == 5 and first[0]["loss"] < 0.5 * cold[0]["loss"]
+    assert first[0]["loss"] < 2 * last_cold
 
 
 def test_a_joint_stage_with_the_bridge_frozen_trains_lora_alone(ctc_run, tiny_cfg, tmp_path) -> None:

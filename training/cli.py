@@ -17,6 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--until-step", type=int, metavar="N", help="checkpoint and stop at step N (resume later)")
     p.add_argument("--projector", type=Path, metavar="CKPT", help="joint stage: projector checkpoint to start from")
     p.add_argument("--lora", type=Path, metavar="CKPT", help="joint stage: LoRA checkpoint to start from")
+    p.add_argument("--warm-start", type=Path, metavar="CKPT",
+                   help="ctc stage: start a new run from an earlier run's head (OUT/ctc/final), e.g. once the "
+                        "corpus has grown; its vocabulary may differ")
     p.add_argument("--seed", type=int, help="override the config's seed")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override a config value, e.g. --set train.lora.steps=1915 (VALUE as TOML; repeatable)")
@@ -66,8 +69,9 @@ def _train(args: argparse.Namespace) -> int:
         cfg = replace(cfg, data=data)
     if args.seed is not None:
         cfg = replace(cfg, seed=args.seed)
-    outcomes = train(cfg, args.stage, args.out, until_step=args.until_step,
-                     init={"projector": args.projector, "lora": args.lora}, show_progress=not args.no_progress)
+    init = {"projector": args.projector, "lora": args.lora, "ctc": args.warm_start}
+    outcomes = train(cfg, args.stage, args.out, until_step=args.until_step, init=init,
+                     show_progress=not args.no_progress)
     for o in outcomes:
         state = f"final checkpoint {o.final}" if o.final else "stopped early (resumable)"
         loss = f", last loss {o.last_loss:.4f}" if o.last_loss is not None else ""

