@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -32,6 +32,15 @@ RATE = 16000
 
 class BenchmarkError(RuntimeError):
     """A benchmark cannot run as asked (bad option, missing recordings, a non-loopback target)."""
+
+
+def run_main(main: Callable[[], int]) -> None:
+    """A benchmark's entry point: its exit status, or a BenchmarkError as one line and status 2."""
+    try:
+        sys.exit(main())
+    except BenchmarkError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 def cpu_model() -> str:

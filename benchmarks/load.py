@@ -60,6 +60,7 @@ from common import (
     real_utterances,
     require_loopback,
     rss_bytes,
+    run_main,
     scrape_metrics,
     silence,
     stream,
@@ -547,8 +548,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchmarkError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)

@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -41,6 +40,7 @@ from common import (
     manifest_utterances,
     quantile,
     real_utterances,
+    run_main,
     scrape_metrics,
     silence,
     stream,
@@ -234,8 +234,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchmarkError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)

@@ -210,7 +210,7 @@ class Engine:
 
     def _decode(self, job: Job, encoded: Encoded) -> str:
         if self.ctc_partials and job.kind == "partial":
-            return self.model.heard(encoded)
+            return self.model.heard(encoded, with_lm=False)  # at once; the final reads it with the LM
         prompts = self.model.prompts
         instruction = instruction_for(prompts, job.request)
         shown = ""

@@ -22,6 +22,7 @@ unmerged checkpoint's, token for token, both through the runtime's decode loop w
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -43,6 +44,7 @@ from tympan.runtime.bundle_manifest import (
     BundleManifest,
     Encoder,
     FileEntry,
+    LanguageModel,
     Llm,
     OnnxChecks,
     Prompt,
@@ -50,6 +52,7 @@ from tympan.runtime.bundle_manifest import (
     Source,
     Verification,
 )
+from tympan.runtime.ctc_lm import LM_FILE, LmError, NgramLM
 from tympan.runtime.decode import DecodeSettings
 from tympan.runtime.speech_model import SpeechModel
 from tympan.training.model.checkpoint import load_checkpoint, read_meta, takes_speech
@@ -98,8 +101,9 @@ def export_bundle(
         encoder_diff = write_encoder(prep, tmp)
         write_tokenizer(prep.model, tmp)
         llm = write_llm(prep, tmp, llm_runtime)
+        lm = write_lm(prep, tmp)
         encoder_file = write_int8_encoder(tmp) if quantize == "int8" else FP32_ENCODER
-        manifest = write_manifest(tmp, describe(prep, encoder_file, quantize, llm))
+        manifest = write_manifest(tmp, replace(describe(prep, encoder_file, quantize, llm), lm=lm))
         served = verify(tmp, prep)
         manifest = replace(manifest, verification=Verification(
             inputs=[e.id for e in prep.examples], encoder_max_abs_diff=encoder_diff, greedy_tokens_identical=True))
@@ -201,6 +205,23 @@ def write_llm(prep: Prepared, tmp: Path, runtime: str) -> Llm:
     # Weights in one external file: the session maps them instead of copying (~300 MB less RSS).
     onnx = export_llm_onnx(merged, tmp / "llm_onnx", opset=OPSET, external_data=True)
     return Llm(runtime=runtime, merged_lora=merged_lora, hidden_size=hidden_size, dir="llm_onnx", onnx=onnx)
+
+
+def write_lm(prep: Prepared, tmp: Path) -> LanguageModel | None:
+    """The checkpoint's n-gram LM (`python -m tympan.training.ngram`), checked by loading it, if it has one."""
+    src = prep.checkpoint / LM_FILE
+    if not src.is_file():
+        return None
+    if prep.model.cfg.projector.kind != "ctc":
+        raise ExportError(f"{src}: an n-gram LM is read by a CTC bridge's beam search; this checkpoint's "
+                          f"projector is {prep.model.cfg.projector.kind!r}")
+    try:
+        lm = NgramLM.load(src)
+    except LmError as e:
+        raise ExportError(str(e)) from None
+    shutil.copy(src, tmp / LM_FILE)
+    s = lm.settings
+    return LanguageModel(file=LM_FILE, order=lm.order, weight=s.weight, length_bonus=s.length_bonus, beam=s.beam)
 
 
 def write_int8_encoder(tmp: Path) -> str:

@@ -1,7 +1,9 @@
 """Encoder + projector as one ONNX graph: features (batch, frames, dim) -> LLM input embeddings.
 
 A CTC bridge's graph also gives each CTC frame's best label as an LLM token id (-1 for the blank):
-the daemon's partials are the greedy CTC text, read from the same encoder call with no LLM decode.
+the daemon's partials are the greedy CTC text, read from the same encoder call with no LLM decode. And
+each frame's TOP_LABELS best labels with their log-probabilities and the blank's: what the beam search
+with the bundle's n-gram LM reads (tympan/runtime/ctc_lm.py).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tympan.runtime.ctc_lm import TOP_LABELS
 from tympan.runtime.onnx_encoder import pad_features
 from tympan.training.model.ctc import CtcBridge
 from tympan.training.model.speech_llm import SpeechLLM
@@ -20,7 +23,7 @@ from tympan.training.model.speech_llm import SpeechLLM
 OPSET = 17
 INPUTS = ["features", "lengths"]
 OUTPUTS = ["embeddings", "embedding_lengths"]
-CTC_OUTPUTS = [*OUTPUTS, "ctc_labels", "ctc_lengths"]
+CTC_OUTPUTS = [*OUTPUTS, "ctc_labels", "ctc_lengths", "ctc_top_ids", "ctc_top_logp", "ctc_blank_logp"]
 DYNAMIC_AXES = {
     "features": {0: "batch", 1: "frames"},
     "lengths": {0: "batch"},
@@ -28,6 +31,9 @@ DYNAMIC_AXES = {
     "embedding_lengths": {0: "batch"},
     "ctc_labels": {0: "batch", 1: "ctc_frames"},
     "ctc_lengths": {0: "batch"},
+    "ctc_top_ids": {0: "batch", 1: "ctc_frames"},
+    "ctc_top_logp": {0: "batch", 1: "ctc_frames"},
+    "ctc_blank_logp": {0: "batch", 1: "ctc_frames"},
 }
 
 
@@ -49,7 +55,7 @@ class EncoderProjector(nn.Module):
         embeddings, counts = self.projector.segments(logits, frames)
         blank = torch.full((1,), -1, dtype=torch.long, device=logits.device)
         labels = torch.cat([self.projector.vocab_ids, blank])[logits.argmax(-1)]
-        return embeddings, counts, labels, frames
+        return embeddings, counts, labels, frames, *self.projector.top_labels(logits, TOP_LABELS)
 
 
 def export_encoder(model: SpeechLLM, path: Path, example_features: Sequence[np.ndarray]) -> None:

@@ -73,8 +73,11 @@ def test_a_manifest_survives_json_and_leaves_out_what_it_does_not_have() -> None
     (lambda d: d["llm"].update(runtme="onnx"), r"unknown key llm\.runtme"),
     (lambda d: d["llm"]["onnx"]["graph"].pop("file"), r"missing required key llm\.onnx\.graph\.file"),
     (lambda d: d["llm"]["onnx"].update(format_version=1), r"llm\.onnx: not a tympan-llm-onnx v2 description"),
-    # A bundle of the format before the bridge kind was recorded: refused naming both versions.
-    (lambda d: d.update(format=1), r"bundle format 1; this tympan reads format 2"),
+    # A bundle of an older format (before the bridge kind; before the CTC frames and the n-gram LM): refused
+    # naming both versions.
+    (lambda d: d.update(format=1), r"bundle format 1; this tympan reads format 3"),
+    (lambda d: d.update(format=2), r"bundle format 2; this tympan reads format 3"),
+    (lambda d: d.update(lm={"file": "lm.npz", "order": 3}), r"missing required key lm\.weight"),
     (lambda d: d["encoder"].pop("bridge"), "missing required key encoder.bridge"),
 ])
 def test_a_bad_manifest_is_refused_naming_the_key(change, message: str) -> None:

@@ -568,6 +568,53 @@ def test_eval_reports_the_ctc_text_beside_the_answer(ctc_run, hearing_bundle, to
     assert [checkpoint.heard(a) for a in [_load(h.example, 16000) for h in hyps]] == [h.heard for h in hyps]
 
 
+def test_a_bundle_with_an_ngram_lm_hears_through_the_beam_search(ctc_run, hearing_bundle, toy_corpus,
+                                                                  tmp_path) -> None:
+    """`python -m tympan.training.ngram` counts the training text and weighs the LM on the dev utterances;
+    ship and export carry it; the bundle's graph gives the frames the checkpoint gives, and the heard text
+    is the beam search's, the same from the bundle and from the checkpoint."""
+    from itertools import product
+
+    from tympan.export.bundle import export_bundle
+    from tympan.manifest import load_manifest
+    from tympan.runtime.ctc_lm import LM_FILE, TOP_LABELS, NgramLM, beam_search
+    from tympan.runtime.speech_model import SpeechModel
+    from tympan.training import ngram
+    from tympan.training.model.runner import CheckpointRunner
+    from tympan.training.model.speech_llm import ctc_posteriors
+    from tympan.training.ship import _copy_trained
+
+    checkpoint = tmp_path / "with-lm"
+    shutil.copytree(ctc_run[0] / "hearing", checkpoint)
+    assert ngram.main(["--checkpoint", str(checkpoint)]) == 0
+    lm = NgramLM.load(checkpoint / LM_FILE)
+    assert lm.order == 3 and lm.keys[0].size >= 5 and lm.keys[2].size >= 5
+    assert (lm.settings.weight, lm.settings.length_bonus) in product(ngram.WEIGHTS, ngram.BONUSES)
+    (tmp_path / "shipped").mkdir()
+    _copy_trained(checkpoint, tmp_path / "shipped", torch.float16)
+    assert (tmp_path / "shipped" / LM_FILE).read_bytes() == (checkpoint / LM_FILE).read_bytes()
+
+    manifest = export_bundle(checkpoint, tmp_path / "bundle")
+    assert manifest.lm is not None and LM_FILE in manifest.files
+    assert (manifest.lm.weight, manifest.lm.length_bonus, manifest.lm.beam) == \
+        (lm.settings.weight, lm.settings.length_bonus, lm.settings.beam)
+    served, runner = SpeechModel.load(tmp_path / "bundle"), CheckpointRunner(checkpoint)
+    assert served.lm is not None and runner.lm is not None
+    examples = [e for e in load_manifest(toy_corpus / "dev.jsonl") if e.is_speech and e.task == "asr"][:4]
+    for example in examples:
+        audio = _load(example, served.sample_rate)
+        (encoded,) = served.encode([audio])
+        (want,) = ctc_posteriors(runner.model.projector, runner.model.encode([audio]))
+        assert encoded.ctc_frames is not None
+        assert encoded.ctc_frames[0].shape[1] == min(TOP_LABELS, runner.model.projector.blank_id)
+        np.testing.assert_array_equal(encoded.ctc_frames[0], want[0])
+        for got, ref in zip(encoded.ctc_frames[1:], want[1:], strict=True):
+            np.testing.assert_allclose(got, ref, atol=1e-4)
+        heard = served.heard(encoded)
+        assert heard == runner.heard(audio)
+        assert heard == served.prompts.decode(beam_search(*encoded.ctc_frames, served.lm)).strip()
+
+
 def _load(example, rate: int):
     from tympan.audio import load_audio
 

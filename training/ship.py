@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from tympan.atomic import atomic_directory
 from tympan.config import tympan_home
 from tympan.runtime.bundle import BESIDE_MODEL
+from tympan.runtime.ctc_lm import LM_FILE
 from tympan.training.model.checkpoint import CheckpointError, read_meta, takes_speech
 
 
@@ -36,7 +37,7 @@ def _cast(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch
 
 
 def _copy_trained(src: Path, dst: Path, dtype: torch.dtype) -> None:
-    """checkpoint.json, config.toml, base/parts.json and the trained weights in `dtype`."""
+    """checkpoint.json, config.toml, base/parts.json, the trained weights in `dtype` and an n-gram LM."""
     meta = read_meta(src)
     shutil.copy(src / "checkpoint.json", dst / "checkpoint.json")
     (dst / "config.toml").write_text(_portable((src / "config.toml").read_text(encoding="utf-8")), encoding="utf-8")
@@ -45,6 +46,8 @@ def _copy_trained(src: Path, dst: Path, dtype: torch.dtype) -> None:
     if takes_speech(src):
         state = load_file(str(src / "projector.safetensors"))
         save_file(_cast(state, dtype), str(dst / "projector.safetensors"))
+    if (src / LM_FILE).is_file():  # the beam search's n-gram LM (tympan.training.ngram), as it is
+        shutil.copy(src / LM_FILE, dst / LM_FILE)
     if "lora" in meta["trained"]:
         (dst / "adapter").mkdir()
         for item in (src / "adapter").iterdir():

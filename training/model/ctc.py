@@ -112,6 +112,13 @@ class CtcBridge(nn.Module):
         blank = scale * (e @ self.blank)[..., None] + self.blank_bias
         return torch.cat([tokens, blank], dim=-1), lengths
 
+    def top_labels(self, logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each frame's `k` best labels as LLM token ids (B, T, k), their log-probabilities, and the blank's (B, T):
+        what the beam search with an n-gram LM reads (tympan/runtime/ctc_lm.py)."""
+        log_probs = logits.float().log_softmax(-1)
+        values, indices = log_probs[..., :-1].topk(min(k, self.blank_id), dim=-1)
+        return self.vocab_ids[indices], values, log_probs[..., -1]
+
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, input_dim), (B,) -> the LLM's speech embeddings (B, S, output_dim) zero-padded, and S (B,)."""
         return self.segments(*self.logits(x, lengths))

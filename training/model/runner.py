@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from tympan.manifest import Example
+from tympan.runtime.ctc_lm import LM_FILE, NgramLM, beam_search
 from tympan.runtime.decode import DEFAULT_SETTINGS, DecodeSettings
 
 
@@ -22,6 +23,8 @@ class CheckpointRunner:
         if threads:
             torch.set_num_threads(threads)
         self.model = load_checkpoint(path)
+        # The beam search's n-gram LM (`python -m tympan.training.ngram`), as export puts it in the bundle.
+        self.lm = NgramLM.load(path / LM_FILE) if (path / LM_FILE).is_file() else None
         self.sample_rate = self.model.encoder.sample_rate
         self.settings = settings
 
@@ -36,11 +39,15 @@ class CheckpointRunner:
         return m.decode(m.greedy(speech, instruction, self.settings).tokens).replace("\ufffd", "").strip()
 
     def heard(self, audio: np.ndarray) -> str | None:
-        """The greedy CTC text of a CTC bridge (what was heard, before the LLM); None for a dense projector."""
+        """What a CTC bridge heard, before the LLM: greedy CTC, or the beam search with the checkpoint's n-gram LM;
+        None for a dense projector."""
         from tympan.training.model.ctc import CtcBridge
-        from tympan.training.model.speech_llm import ctc_transcribe
+        from tympan.training.model.speech_llm import ctc_posteriors, ctc_transcribe
 
         m = self.model
         if not isinstance(m.projector, CtcBridge) or m.vocab is None:
             return None
-        return ctc_transcribe(m.projector, m.tokenizer, m.vocab, m.encode([audio]))[0]
+        if self.lm is None:
+            return ctc_transcribe(m.projector, m.tokenizer, m.vocab, m.encode([audio]))[0]
+        (posteriors,) = ctc_posteriors(m.projector, m.encode([audio]))
+        return str(m.tokenizer.decode(beam_search(*posteriors, self.lm), skip_special_tokens=True)).strip()

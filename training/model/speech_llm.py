@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from tympan.manifest import Example
+from tympan.runtime.ctc_lm import TOP_LABELS
 from tympan.runtime.decode import Decoded, DecodeSettings, Stop, greedy_decode
 from tympan.training.model.ctc import CtcBridge, ctc_loss_sum, greedy_ids
 from tympan.training.model.ctc_targets import CtcVocab, targets, text_of
@@ -71,6 +72,21 @@ def ctc_transcribe(model: CtcBridge, tokenizer: Any, vocab: CtcVocab, hidden: Se
         padded, lengths = pad_sequences(list(hidden[i : i + 16]))
         logits, frames = model.logits(padded, lengths)
         out += [text_of(tokenizer, vocab, ids) for ids in greedy_ids(logits, frames)]
+    return out
+
+
+def ctc_posteriors(model: CtcBridge, hidden: Sequence[torch.Tensor], k: int = TOP_LABELS
+                   ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Each utterance's frames as the beam search reads them: top-k LLM ids, their log p, the blank's log p."""
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(hidden), 16):
+            padded, lengths = pad_sequences(list(hidden[i : i + 16]))
+            logits, frames = model.logits(padded, lengths)
+            ids, logp, blank = model.top_labels(logits, k)
+            out += [(ids[j, :n].numpy(), logp[j, :n].numpy(), blank[j, :n].numpy())
+                    for j, n in enumerate(frames.tolist())]
     return out
 
 

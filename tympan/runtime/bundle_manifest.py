@@ -13,9 +13,11 @@ from typing import Any, TypeVar
 from tympan.config import ConfigError, from_dict, to_dict
 from tympan.errors import TympanError
 
-# 2: the encoder graph says which bridge it ends in (`encoder.bridge`). A bundle of another format is
-# refused with both numbers; the default bundle is rebuilt (`tympan.runtime.bundle.default_bundle`).
-FORMAT = 2
+# 2: the encoder graph says which bridge it ends in (`encoder.bridge`). 3: a CTC bridge's graph also gives
+# each frame's best labels and log-probabilities, and the bundle may hold a token n-gram LM (`lm`) the
+# beam search reads. A bundle of another format is refused with both numbers; the default bundle is
+# rebuilt (`tympan.runtime.bundle.default_bundle`).
+FORMAT = 3
 MANIFEST = "manifest.json"
 
 # The LLM as one ONNX graph (written by tympan.export.llm_graph, run by tympan.runtime.onnx_llm).
@@ -146,6 +148,17 @@ class Llm:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LanguageModel:
+    """A token n-gram LM for a CTC bridge's beam search (tympan/runtime/ctc_lm.py), and how it is weighed."""
+
+    file: str
+    order: int
+    weight: float
+    length_bonus: float
+    beam: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class PromptFrame:
     """The chat frame around the speech and the instruction, as text."""
 
@@ -191,6 +204,7 @@ class BundleManifest:
     onnx: OnnxChecks
     files: dict[str, FileEntry]  # every file but the manifest, by path relative to the bundle
     verification: Verification | None = None
+    lm: LanguageModel | None = None  # with a CTC bridge: what was heard is read with it
     quantization_report: dict[str, Any] | None = None  # with an int8 encoder: fp32 against int8
 
     @classmethod

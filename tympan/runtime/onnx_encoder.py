@@ -1,7 +1,8 @@
 """The ONNX encoder + projector of a bundle: audio -> LLM input embeddings, numpy and onnxruntime only.
 
 A CTC bridge's graph also gives each CTC frame's best label: `encode` returns their greedy
-collapse (repeats merged, blanks dropped) as LLM token ids, what was heard, with no LLM decode.
+collapse (repeats merged, blanks dropped) as LLM token ids, what was heard, with no LLM decode; and
+each frame's best labels with their log-probabilities, for the beam search with an n-gram LM.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def session_options(threads: int | None):
 class Encoded:
     embeddings: np.ndarray  # (positions, hidden): what the LLM reads
     ctc_ids: list[int] | None  # greedy CTC text as LLM token ids (a CTC bridge's graph), else None
+    # A CTC bridge's frames: best labels (T, K) as LLM ids, their log-probabilities (T, K), the blank's (T,).
+    ctc_frames: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
 def collapse(labels: np.ndarray) -> list[int]:
@@ -69,7 +72,9 @@ class OnnxEncoder:
                                                 providers=providers or ["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types
             raise BundleError(f"{path}: onnxruntime cannot load it: {e}") from None
-        self.gives_ctc = "ctc_labels" in [o.name for o in self.session.get_outputs()]
+        names = [o.name for o in self.session.get_outputs()]
+        self.gives_ctc = "ctc_labels" in names
+        self.gives_ctc_frames = "ctc_top_ids" in names
 
     def __call__(self, audios: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Mono float32 waveforms at the bundle's rate -> one (positions, hidden) array each."""
@@ -84,5 +89,12 @@ class OnnxEncoder:
                                  f"{self.max_samples / self.sample_rate:.0f} s limit")
         feats, lengths = pad_features([self.features(a) for a in audios])
         out, out_lengths, *ctc = self.session.run(None, {"features": feats, "lengths": lengths})
-        return [Encoded(out[i, : int(n)], collapse(ctc[0][i, : int(ctc[1][i])]) if ctc else None)
-                for i, n in enumerate(out_lengths)]
+        encoded = []
+        for i, n in enumerate(out_lengths):
+            if not ctc:
+                encoded.append(Encoded(out[i, : int(n)], None))
+                continue
+            frames = int(ctc[1][i])
+            top = tuple(a[i, :frames] for a in ctc[2:5]) if self.gives_ctc_frames else None
+            encoded.append(Encoded(out[i, : int(n)], collapse(ctc[0][i, :frames]), top))
+        return encoded
