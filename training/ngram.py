@@ -26,6 +26,7 @@ import numpy as np
 from tympan import scoring
 from tympan.manifest import Example
 from tympan.runtime.ctc_lm import BITS, BOS, EOS, LM_FILE, MAX_ORDER, LmSettings, NgramLM, beam_search, pack
+from tympan.runtime.onnx_encoder import collapse
 from tympan.spoken import ctc_target
 
 DISCOUNT = 0.7
@@ -118,15 +119,9 @@ Posteriors = tuple[np.ndarray, np.ndarray, np.ndarray]  # top ids (T, K) as LLM 
 
 
 def greedy(posteriors: Posteriors) -> list[int]:
+    """Greedy CTC over the same frames: each frame's best label, or the blank where it wins."""
     ids, logp, blank = posteriors
-    out: list[int] = []
-    previous = -1
-    for t in range(blank.shape[0]):
-        label = int(ids[t, 0]) if logp[t, 0] > blank[t] else -1
-        if label != previous and label != -1:
-            out.append(label)
-        previous = label
-    return out
+    return collapse(np.where(logp[:, 0] > blank, ids[:, 0], -1))
 
 
 def utterance_errors(refs: Sequence[str], hyps: Sequence[str]) -> np.ndarray:

@@ -65,7 +65,7 @@ class SpeechModel:
 
     def heard(self, encoded: Encoded, with_lm: bool = True) -> str:
         """What a CTC bridge heard (spoken form: lower case, numbers in words): the beam search with the bundle's
-        n-gram LM where it has one and `with_lm`, else greedy CTC (the daemon's partials: ~20 ms less per
+        n-gram LM where it has one and `with_lm`, else greedy CTC (the daemon's partials: about 11 ms less per
         second of audio, on every re-decode)."""
         if encoded.ctc_ids is None:
             raise BundleError(f"{self.bundle.path}: the encoder graph gives no CTC labels (bridge "
