@@ -9,7 +9,9 @@ CTranslate2 files that tympan's default encoder comes from (`tympan.training.mod
 - tympan: `tympan serve` on a free loopback port with `server.threads` = `--threads`; each utterance is
   streamed in its own session at real-time pace (0.5 s of silence, the recording, 1.5 s of silence).
   Latency: from sending the chunk that holds the end of speech to receiving the final, at the client (it
-  includes the endpoint silence, `vad.silence_ms`). RTF: the daemon's model compute (partials included)
+  includes the endpoint silence, `vad.silence_ms`). After the endpoint: that latency less `vad.silence_ms`,
+  what the final's decode adds once the endpoint has come (0 where the speculative decode at the pause was done).
+  RTF: the daemon's model compute (partials included)
   per second of finalised audio, from /metrics. CPU: the daemon process' CPU time over the pass.
 - faster-whisper: `WhisperModel(dir, device="cpu", compute_type, cpu_threads=--threads)`, each utterance
   transcribed whole, greedy (`beam_size=1, language="en", vad_filter=False,
@@ -31,6 +33,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 from common import (
     BenchmarkError,
     Listener,
@@ -49,6 +52,7 @@ from common import (
 from tympan.atomic import write_json
 
 LEAD_S, TAIL_S = 0.5, 1.5
+JOIN_GAP_S = 0.35  # longer than the segmenter's pause (speculation), shorter than its endpoint
 WHISPER_NAMES = {"base": "whisper-base", "tiny.en": "whisper-tiny.en"}
 
 
@@ -69,6 +73,7 @@ class SystemRun:
     rtf: float
     cpu_per_audio_s: float
     notes: str = ""
+    endpoint_ms: float | None = None  # a streaming system's endpoint silence, included in its latency
 
     def row(self) -> dict:
         from tympan.scoring import wer
@@ -78,9 +83,18 @@ class SystemRun:
                 "wer_pct": round(wer([r.reference for r in self.results], [r.hypothesis for r in self.results]), 2),
                 "latency_p50_ms": round(quantile(lat, 0.5), 1) if lat else None,
                 "latency_p95_ms": round(quantile(lat, 0.95), 1) if lat else None,
+                **self.after_endpoint(lat),
                 "rtf": round(self.rtf, 4), "cpu_s_per_audio_s": round(self.cpu_per_audio_s, 4),
                 "utterances": len(self.results), "missed": sum(r.latency_ms is None for r in self.results),
                 **taken_back([pair for r in self.results for pair in (r.stable or [])]), "notes": self.notes}
+
+
+    def after_endpoint(self, lat: list[float]) -> dict:
+        if self.endpoint_ms is None or not lat:
+            return {}
+        after = [max(0.0, x - self.endpoint_ms) for x in lat]
+        return {"after_endpoint_p50_ms": round(quantile(after, 0.5), 1),
+                "after_endpoint_p95_ms": round(quantile(after, 0.95), 1)}
 
 
 def taken_back(pairs: list[tuple[str, str]]) -> dict:
@@ -99,6 +113,17 @@ def taken_back(pairs: list[tuple[str, str]]) -> dict:
         parts += bad > 0
     return {"stable_words": shown, "stable_taken_back_pct": round(100 * wrong / shown, 1) if shown else 0.0,
             "parts_with_a_take_back": parts, "parts": len(pairs)}
+
+
+def joined(utterances: list[Utterance], n: int) -> list[Utterance]:
+    """Every `n` utterances as one, with short pauses between them."""
+    gap = silence(JOIN_GAP_S)
+    out = []
+    for i in range(0, len(utterances), n):
+        group = utterances[i : i + n]
+        audio = np.concatenate([x for u in group for x in (u.audio, gap)][:-1])
+        out.append(Utterance("+".join(u.id for u in group), audio, " ".join(u.text for u in group)))
+    return out
 
 
 # --- tympan -----------------------------------------------------------------------------------
@@ -128,9 +153,13 @@ def run_tympan(bundle: Path, utterances: list[Utterance], threads: int, repeat: 
     compute = after["tympan_model_compute_seconds_total"] - before["tympan_model_compute_seconds_total"]
     finalised = after["tympan_final_audio_seconds_total"] - before["tympan_final_audio_seconds_total"]
     audio = sum(r.audio_s for r in results)
+    from tympan.daemon.settings import DaemonConfig
+
+    silence_ms = float(DaemonConfig().vad.silence_ms)
     return SystemRun(f"tympan ({bundle.name}, {threads} threads)", results,
                      rtf=compute / finalised if finalised else float("nan"), cpu_per_audio_s=(cpu1 - cpu0) / audio,
-                     notes="latency: end of speech to final over a real-time stream (endpoint silence included)")
+                     notes=f"latency: end of speech to final over a real-time stream (the {silence_ms:.0f} ms endpoint "
+                           "silence included)", endpoint_ms=silence_ms)
 
 
 # --- faster-whisper ---------------------------------------------------------------------------
@@ -184,6 +213,9 @@ def print_table(rows: list[dict], header: str) -> None:
     print()
     for r in rows:
         print(f"{r['system']}: {r['notes']}")
+        if "after_endpoint_p50_ms" in r:
+            print(f"  after the endpoint: p50 {r['after_endpoint_p50_ms']:.0f} ms, "
+                  f"p95 {r['after_endpoint_p95_ms']:.0f} ms")
         if "stable_words" in r:
             print(f"  partials: {r['stable_taken_back_pct']:.1f} % of the {r['stable_words']} words they showed as "
                   f"stable were not the final's ({r['parts_with_a_take_back']} of {r['parts']} finals)")
@@ -198,13 +230,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=1, help="passes over the utterances (more latency samples)")
     p.add_argument("--limit", type=int, help="only the first N utterances (a quick check)")
     p.add_argument("--manifest", type=Path, help="a training-format JSONL manifest instead of the real recordings")
+    p.add_argument("--joined", type=int, metavar="N", help="N recordings at a time joined into one utterance, with "
+                   f"{JOIN_GAP_S:g} s pauses inside it (longer speech, pauses shorter than the endpoint)")
     p.add_argument("--json", type=Path, help="write the table rows and every utterance's result here")
     args = p.parse_args(argv)
     args.whisper = [w for w in args.whisper.split(",") if w]
     unknown = [w for w in args.whisper if w not in WHISPER_NAMES]
     if unknown:
         p.error(f"--whisper: unknown model {unknown[0]!r} (known: {', '.join(WHISPER_NAMES)})")
-    for name in ("threads", "repeat", "limit"):
+    for name in ("threads", "repeat", "limit", "joined"):
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name} must be >= 1, got {value}")
@@ -215,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     utterances = manifest_utterances(args.manifest) if args.manifest else real_utterances()
     utterances = utterances[: args.limit] if args.limit else utterances
+    if args.joined:
+        utterances = joined(utterances, args.joined)
     from tympan.daemon.cli import default_bundle
 
     bundle = args.bundle or default_bundle()

@@ -22,6 +22,7 @@ from tympan.daemon.events import (
     Open,
     Partial,
     Ready,
+    final_dict,
 )
 from tympan.daemon.protocol import (
     VERSION,
@@ -91,7 +92,7 @@ class V1Codec(Codec):
         if isinstance(ev, Partial):
             return [event("partial", **asdict(ev))]
         if isinstance(ev, Final):
-            return [event("final", **asdict(ev))]
+            return [event("final", **final_dict(ev))]
         if isinstance(ev, Error):
             return [error_message(ev)]
         if isinstance(ev, Done):

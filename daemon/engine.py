@@ -9,6 +9,11 @@ With a CTC bridge (decode.partials_from "ctc", or "auto"), a partial is the gree
 that encoder call: no LLM decode. Partials then have one source, what was heard, and the final's
 tokens are not streamed as partials, so a display never flips between the heard words and the
 LLM's answer (a translation, say); the final follows at once.
+
+With a second pass of hearing (the bundle's Whisper decoder), a final is Whisper's reading of the utterance: ASR
+serves its words (with their times when the request asks), the other tasks and custom instructions give them to
+the LLM through the text bridge. Where the first pass (the CTC text of the same encoder call) heard nothing, or
+Whisper's guard refuses its reading (silence, a loop), the final is empty.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from tympan.runtime.decode import Stop
 from tympan.runtime.onnx_encoder import Encoded
 from tympan.runtime.prompt import Prompts
 from tympan.runtime.speech_model import SpeechModel
+from tympan.runtime.whisper import Word
 
 log = logging.getLogger("tympan.engine")
 
@@ -86,6 +92,9 @@ class Engine:
         # Final decodes whose ASR answer was replaced by what was heard (runtime/grounding.py); speculative
         # finals the session later drops are counted too: the engine does not know which are confirmed.
         self.answers_replaced = 0
+        # Final decodes the second pass of hearing refused (silence or noise it would have written words for, a
+        # loop), and those whose first pass heard nothing; speculative ones included, as above.
+        self.finals_refused = 0
         self.on_stats: Callable[[dict[str, Any]], None] | None = None
 
     def start(self) -> None:
@@ -189,8 +198,9 @@ class Engine:
             if job.cancelled:
                 continue
             t1 = time.perf_counter()
+            heard: list[str] = []
             try:
-                text = self._decode(job, enc)
+                text, words = self._decode(job, enc, heard)
             except Exception:
                 log.exception("decoding failed (session %s, segment %d)", job.session_key, job.segment_id)
                 self._deliver(job.on_done, "", {"error": "internal"})
@@ -202,15 +212,40 @@ class Engine:
                 # Real-time factor: audio counted once, when its final is decoded (not per re-decode).
                 self.audio_seconds += seconds
             stats = {"kind": job.kind, "audio_s": seconds, "compute_s": work, "batch": len(batch),
-                     "queued_s": started - job.submitted}
+                     "queued_s": started - job.submitted, "words": words}
+            if heard:
+                stats["heard"] = heard[0]
             if not job.cancelled:
                 self._deliver(job.on_done, text, stats)
             if self.on_stats is not None:
                 self._deliver(self.on_stats, stats)
 
-    def _decode(self, job: Job, encoded: Encoded) -> str:
+    def _decode(self, job: Job, encoded: Encoded, heard_out: list[str]) -> tuple[str, tuple[Word, ...]]:
+        """The job's text, and its words' times (seconds from the utterance's start) where the final has them. A
+        final read by the second pass of hearing puts what it heard in `heard_out` (for any task)."""
         if self.ctc_partials and job.kind == "partial":
-            return self.model.heard(encoded, with_lm=False)  # at once; the final reads it with the LM
+            return self.model.heard(encoded, with_lm=False), ()  # at once; the final reads it with the LM
+        speech = encoded.embeddings
+        if job.kind == "final" and self.model.hearing is not None:
+            r = job.request
+            if self.model.first_pass_silent(encoded):
+                self.finals_refused += 1
+                heard_out.append("")
+                return "", ()
+            heard = self.model.hear(job.audio, terms=r.context, word_times=r.word_times)
+            heard_out.append(heard.text)
+            if heard.refused is not None:
+                self.finals_refused += 1
+                log.info("session %s segment %d: the second pass refused its reading (%s)", job.session_key,
+                         job.segment_id, heard.refused)
+                return "", ()
+            if r.task == "asr" and r.instruction is None:
+                return heard.text, heard.words
+            speech = self.model.text_bridge(heard.text)
+        return self._answer(job, encoded, speech), ()
+
+    def _answer(self, job: Job, encoded: Encoded, speech: np.ndarray) -> str:
+        """The LLM's answer to the job's request for `speech` (embeddings), streamed as it is decoded."""
         prompts = self.model.prompts
         instruction = instruction_for(prompts, job.request)
         shown = ""
@@ -223,13 +258,13 @@ class Engine:
                 self._deliver(job.on_text, text)
 
         stream = job.on_text is not None and not self.ctc_partials
-        decoded = self.model.decode(encoded.embeddings, instruction, self.cfg, cancelled=lambda: job.cancelled,
+        decoded = self.model.decode(speech, instruction, self.cfg, cancelled=lambda: job.cancelled,
                                     on_token=show if stream else None)
         if decoded.stop is Stop.LOOP:
             log.info("session %s segment %d: output looped; cut", job.session_key, job.segment_id)
         text = prompts.decode(decoded.tokens)
         r = job.request
-        if r.task == "asr" and r.instruction is None:
+        if r.task == "asr" and r.instruction is None and self.model.hearing is None:
             text, replaced = self.model.ground(text, encoded, self.cfg)
             if replaced and job.kind == "final":
                 self.answers_replaced += 1

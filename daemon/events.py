@@ -8,12 +8,13 @@ codec renders them into its frames); `Partial` and `Final` go to every sink (sin
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from tympan.daemon.protocol import ErrorCode, Request
+from tympan.runtime.whisper import Word
 
 # -- commands: client -> session ---------------------------------------------------------------------
 
@@ -101,6 +102,16 @@ class Final:
     start: float
     end: float
     latency_ms: int | None
+    # Its words with their times in stream seconds, where the request asked for them and the hearing gives them.
+    words: tuple[Word, ...] = ()
+
+
+def final_dict(final: Final) -> dict[str, Any]:
+    """A final as JSON: `words` only where it has them."""
+    d = asdict(final)
+    if not d["words"]:
+        del d["words"]
+    return d
 
 
 @dataclass(frozen=True)

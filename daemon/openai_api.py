@@ -5,7 +5,8 @@ Form fields (multipart/form-data, as OpenAI's): `file` (wav, flac, ogg/opus, mp3
 bundle), `response_format` (json, text, verbose_json, srt, vtt), `stream` (true: server-sent
 `transcript.text.delta` / `transcript.text.done` events), `language`, `prompt` (names and terms to expect:
 the instruction's context), `temperature` (accepted; decoding is greedy), `timestamp_granularities[]`
-(segment; tympan has no word times). Where tympan differs from OpenAI: transcriptions take English speech
+(segment, and word with verbose_json where the model has a second pass of hearing: the answer's `words`).
+Where tympan differs from OpenAI: transcriptions take English speech
 (`language` en, or none); translations write the target language given in `language` (de, it or zh; none
 or en gives the English transcript), where OpenAI's translate into English only.
 
@@ -85,8 +86,9 @@ def _language(form: Form, task: str) -> str:
     return lang
 
 
-def request_of(form: Form, task: str, models: tuple[str, ...]) -> tuple[Request, str, bool]:
-    """The session's request, the response format and whether to stream; HttpError naming the bad field."""
+def request_of(form: Form, task: str, models: tuple[str, ...], word_times: bool = False) -> tuple[Request, str, bool]:
+    """The session's request, the response format and whether to stream; HttpError naming the bad field.
+    `word_times`: the model gives them (then `timestamp_granularities[]=word` is served)."""
     model = (form.get("model") or "").strip()
     if not model:
         raise HttpError(400, "you must provide a model parameter", "missing_required_parameter", "model")
@@ -98,9 +100,17 @@ def request_of(form: Form, task: str, models: tuple[str, ...]) -> tuple[Request,
         raise HttpError(400, f"response_format {fmt[:30]!r} is not supported ({', '.join(FORMATS)})",
                         "unsupported_value", "response_format")
     granularities = form.fields.get("timestamp_granularities[]", []) + form.fields.get("timestamp_granularities", [])
-    if "word" in granularities:
-        raise HttpError(400, "word timestamps are not available: tympan's model gives text only (segment works)",
+    unknown = [g for g in granularities if g not in ("word", "segment")]
+    if unknown:
+        raise HttpError(400, f"timestamp_granularities: {unknown[0][:20]!r} is neither word nor segment",
+                        "invalid_value", "timestamp_granularities")
+    words = "word" in granularities
+    if words and not word_times:
+        raise HttpError(400, "word timestamps are not available: this bundle's model gives text only (segment works)",
                         "unsupported_value", "timestamp_granularities")
+    if granularities and fmt != "verbose_json":
+        raise HttpError(400, "timestamp_granularities needs response_format verbose_json",
+                        "invalid_value", "timestamp_granularities")
     temperature = form.get("temperature")
     if temperature is not None:
         try:
@@ -115,7 +125,10 @@ def request_of(form: Form, task: str, models: tuple[str, ...]) -> tuple[Request,
         raise HttpError(400, f"prompt is longer than {MAX_TEXT} characters", "invalid_value", "prompt")
     lang = _language(form, task)
     request = Request("asr", "en") if lang == "en" else Request("st", lang)
-    return Request(request.task, request.target_lang, context=prompt or None), fmt, _flag(form, "stream")
+    # Subtitles take their cue times from the words where there are any.
+    timed = word_times and (words or fmt in ("srt", "vtt"))
+    return (Request(request.task, request.target_lang, context=prompt or None, word_times=timed), fmt,
+            _flag(form, "stream"))
 
 
 class OpenAiApi:
@@ -190,7 +203,7 @@ class OpenAiApi:
             raise HttpError(400, "no 'file' in the form: upload the audio as the multipart field 'file'",
                             "missing_required_parameter", "file")
         task = ROUTES[http.path]
-        request, fmt, stream = request_of(form, task, self.models)
+        request, fmt, stream = request_of(form, task, self.models, bool(self.host.model_info.get("word_times")))
         rate = self.host.sample_rate
         try:
             async with self.decoding:

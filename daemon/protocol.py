@@ -1,8 +1,9 @@
 """Wire protocol v1 of `ws://HOST:PORT/v1/stream`: typed messages, parsed and validated here only.
 
 Client -> server: a `start` text frame, then binary audio frames (mono, in the announced
-encoding), `config` between utterances, `stop` at the end. Server -> client: `ready`,
-`partial`, `final`, `error`, `done` (JSON text frames). codec_v1.py speaks it for a session;
+encoding), `config` between utterances, `stop` at the end. `start` and `config` may carry `terms` (names and
+jargon the speech may hold: the hearing spells them so) and `words` (true: finals carry their words' times).
+Server -> client: `ready`, `partial`, `final`, `error`, `done` (JSON text frames). codec_v1.py speaks it for a session;
 the Request and the errors defined here are every protocol's.
 """
 
@@ -45,8 +46,10 @@ class Request:
     question: str | None = None
     instruction: str | None = None
     # Names and terms the speech may contain (OpenAI's `prompt`, Wyoming's transcript names and terms),
-    # added to the instruction as context.
+    # added to the instruction as context, and given to the second pass of hearing as Whisper's previous text.
     context: str | None = None
+    # Finals carry their words with start and end times and a probability (a second pass of hearing gives them).
+    word_times: bool = False
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,11 @@ def _request_fields(obj: dict[str, Any], base: Request) -> Request:
     instruction = _text(obj, "instruction") if "instruction" in obj else base.instruction
     if task == "sqa" and not question and not instruction:
         raise ProtocolError("bad_request", "task 'sqa' needs a 'question' (or an 'instruction')")
-    return Request(task, lang, question, instruction, base.context)
+    context = _text(obj, "terms") if "terms" in obj else base.context
+    words = obj.get("words", base.word_times)
+    if not isinstance(words, bool):
+        raise ProtocolError("bad_request", f"'words' must be true or false, got {words!r}")
+    return Request(task, lang, question, instruction, context, words)
 
 
 def parse_text(frame: str) -> ClientMessage:
@@ -118,7 +125,8 @@ def parse_text(frame: str) -> ClientMessage:
         raise ProtocolError("bad_request", "text frame must be a JSON object with a 'type'")
     kind = obj.get("type")
     if kind == "start":
-        known = {"type", "task", "target_lang", "question", "instruction", "sample_rate", "encoding", "session_id"}
+        known = {"type", "task", "target_lang", "question", "instruction", "terms", "words", "sample_rate", "encoding",
+                 "session_id"}
         _no_unknown(obj, known)
         rate = obj.get("sample_rate")
         if isinstance(rate, bool) or not isinstance(rate, int):
@@ -133,7 +141,7 @@ def parse_text(frame: str) -> ClientMessage:
             raise ProtocolError("bad_request", "'session_id' must be 1-64 characters of A-Z a-z 0-9 . _ - (or null)")
         return Start(_request_fields(obj, Request()), rate, encoding, session_id)
     if kind == "config":
-        _no_unknown(obj, {"type", "task", "target_lang", "question", "instruction"})
+        _no_unknown(obj, {"type", "task", "target_lang", "question", "instruction", "terms", "words"})
         return Reconfigure({k: v for k, v in obj.items() if k != "type"})
     if kind == "stop":
         _no_unknown(obj, {"type"})
@@ -179,8 +187,10 @@ def error_event(code: ErrorCode, message: str) -> str:
 
 
 def request_dict(request: Request) -> dict[str, Any]:
-    """The request as JSON; `context` only when a protocol that has it set it."""
+    """The request as JSON; `context` only when set, `word_times` only when asked for."""
     d = asdict(request)
     if d["context"] is None:
         del d["context"]
+    if not d["word_times"]:
+        del d["word_times"]
     return d

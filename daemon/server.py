@@ -100,7 +100,10 @@ class Daemon:
         m = bundle.manifest
         self.model_info = {"bundle": str(self.bundle_path), "tympan_version": m.tympan_version,
                            "encoder": m.encoder.kind, "llm_runtime": m.llm.runtime,
-                           "tasks": m.tasks, "sample_rate": self.model.sample_rate}
+                           "tasks": m.tasks, "sample_rate": self.model.sample_rate,
+                           # Who writes the finals' words, and whether they come with times.
+                           "hearing": m.hearing.kind if m.hearing is not None else "ctc",
+                           "word_times": self.model.hearing is not None and self.model.hearing.has_alignment_heads}
         limits = self.cfg.limits
         self.limits_info = {"max_frame_bytes": limits.max_frame_bytes, "max_session_s": limits.max_session_s,
                             "idle_timeout_s": limits.idle_timeout_s, "max_utterance_s": self.cfg.vad.max_utterance_s}
@@ -175,6 +178,9 @@ class Daemon:
         r.add(CounterReading("tympan_asr_answers_replaced_total", "Final ASR decodes (speculative ones included) "
                              "whose answer departed from the words the CTC bridge heard and was replaced by them",
                              lambda: self.engine.answers_replaced))
+        r.add(CounterReading("tympan_finals_refused_total", "Final decodes (speculative ones included) the second pass "
+                             "of hearing refused (silence, noise, a loop) or whose first pass heard nothing",
+                             lambda: self.engine.finals_refused))
         r.add(Gauge("tympan_mqtt_connected", "1 when connected to the MQTT broker",
                     lambda: int(bool(self.publisher and self.publisher.connected))))
         r.add(Gauge("tympan_spool_depth", "Finals waiting in the MQTT spool",

@@ -220,7 +220,9 @@ class Session:
     def _segmented(self, events: list[VadEvent]) -> None:
         for ev in events:
             if isinstance(ev, UtteranceStarted):
-                self.utterances[ev.segment_id] = Utterance(self.key, ev.segment_id, self.request, ev.start, self)
+                self.utterances[ev.segment_id] = Utterance(
+                    self.key, ev.segment_id, self.request, ev.start, self,
+                    stable_from_hearing=self.host.model_info.get("hearing") == "whisper")
                 self.host.count_utterance()
                 self.client.tell(Onset(ev.segment_id, ev.start))
                 continue

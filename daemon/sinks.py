@@ -12,7 +12,7 @@ from dataclasses import asdict
 from typing import Protocol
 
 from tympan.daemon.codec import Codec
-from tympan.daemon.events import Event, Final, Partial
+from tympan.daemon.events import Event, Final, Partial, final_dict
 from tympan.daemon.metrics import Counter, Histogram
 from tympan.daemon.mqtt import Publisher
 from tympan.daemon.outbox import Outbox
@@ -67,7 +67,7 @@ class MqttSink:
         self.publisher.publish_partial(session_id, {"type": "partial", **asdict(partial)})
 
     def final(self, session_id: str, final: Final) -> None:
-        self.publisher.publish_final(session_id, {"type": "final", **asdict(final)})
+        self.publisher.publish_final(session_id, {"type": "final", **final_dict(final)})
 
 
 def hermes_text_captured(final: Final, site: str, session_id: str) -> bytes:

@@ -22,6 +22,11 @@ agreement and is numbered (seq).
     CONFIRMED    --failed-->    FAILED       the decode failed: no final
     open         --drop-->      DROPPED      the gate took it back (open: before the endpoint)
 
+With a second pass of hearing (`stable_from_hearing`), partials are the first pass's draft and only what Whisper
+has read is shown as stable: when speech resumes after a pause whose speculative final was decoded, Whisper's
+reading of the audio up to the pause becomes the partials' stable prefix (the anchor), and the first pass reads
+only the audio after it.
+
 Results reach the session through its Owner; decodes go to the engine as Jobs, whose callbacks
 drive the transitions `decoded` and `failed`. Results of a cancelled or replaced decode are ignored.
 """
@@ -37,6 +42,7 @@ from tympan.daemon.engine import Job
 from tympan.daemon.events import Final, Partial
 from tympan.daemon.protocol import Request
 from tympan.daemon.text import LocalAgreement
+from tympan.runtime.whisper import Word
 
 
 class State(enum.Enum):
@@ -76,7 +82,8 @@ class TransitionError(RuntimeError):
 
 
 class Utterance:
-    def __init__(self, key: str, segment_id: int, request: Request, start: float, owner: Owner) -> None:
+    def __init__(self, key: str, segment_id: int, request: Request, start: float, owner: Owner,
+                 stable_from_hearing: bool = False) -> None:
         self.key = key  # the session's engine key
         self.segment_id = segment_id
         self.request = request  # the request current when it started: later config messages do not change it
@@ -86,6 +93,12 @@ class Utterance:
         self.decode: Job | None = None  # the final's decode: a speculation, or the confirmed one
         self.decode_end: float | None = None  # the end of speech that decode covers
         self.decoded_text: str | None = None  # a finished speculation's text, waiting for the endpoint
+        self.decoded_words: tuple[Word, ...] = ()  # and its words' times (from the utterance's start)
+        self.decoded_heard: str | None = None  # and what the second pass heard, whatever the task
+        self.decode_samples = 0  # the audio the final's decode reads
+        self.stable_from_hearing = stable_from_hearing
+        self.anchor: tuple[str, int] | None = None  # Whisper's reading of the first samples: (text, samples)
+        self.anchoring: Job | None = None  # a speculation that speech resumed during: the next anchor
         self.streamed = ""  # the final decode's text so far, shown once confirmed
         self.speech_end = 0.0  # known at the endpoint
         self.agreement = LocalAgreement(request.target_lang)
@@ -105,11 +118,17 @@ class Utterance:
 
     def resume(self) -> None:
         self._expect(OPEN, "resume")
+        if self.state is State.SPECULATED and self.decoded_heard:
+            self.anchor = (self.decoded_heard, self.decode_samples)
+        elif self.state is State.SPECULATING and self.stable_from_hearing and self.decode is not None:
+            # Its reading of the audio up to the pause is still good: it becomes the anchor when it comes.
+            self.anchoring, self.decode = self.decode, None
         self._cancel()
         self.state = State.LISTENING
 
     def endpoint(self, audio: np.ndarray, speech_end: float) -> None:
         self._expect(OPEN, "endpoint")
+        self._stop_anchoring()  # the final comes first now
         self.speech_end = speech_end
         if self.decode is None or self.decode_end != speech_end:
             self._decode_final(audio, speech_end)  # speech went on after the pause, or there was none
@@ -118,10 +137,11 @@ class Utterance:
         if self.streamed:
             self._show(self.streamed, speech_end)
         if text is not None:
-            self._finish(text)
+            self._finish(text, self.decoded_words)
 
     def drop(self) -> None:
         self._expect(OPEN, "drop")
+        self._stop_anchoring()
         self._cancel()
         self.state = State.DROPPED
 
@@ -133,10 +153,16 @@ class Utterance:
         if self.state not in OPEN or len(audio) - self.partial_samples < interval:
             return
         self.partial_samples = len(audio)
-        self.owner.submit(Job(self.key, self.segment_id, "partial", audio.copy(), self.request,
-                              on_done=lambda text, stats: self._partial_decoded(text, end)))
+        anchor = self.anchor
+        if anchor is not None and len(audio) <= anchor[1]:
+            return
+        rest = audio[anchor[1]:] if anchor is not None else audio
+        self.owner.submit(Job(self.key, self.segment_id, "partial", rest.copy(), self.request,
+                              on_done=lambda text, stats: self._partial_decoded(text, end, anchor)))
 
-    def _partial_decoded(self, text: str, end: float) -> None:
+    def _partial_decoded(self, text: str, end: float, anchor: tuple[str, int] | None = None) -> None:
+        if anchor is not None:
+            text = f"{anchor[0]} {text}".strip()
         if self.state in OPEN and text:
             self._show(text, end)
 
@@ -148,13 +174,20 @@ class Utterance:
                   on_done=lambda text, stats: self._decoded(job, text, stats),
                   on_text=lambda text: self._decoding(job, text))
         self.decode, self.decode_end, self.streamed = job, speech_end, ""
+        self.decode_samples = len(audio)
         self.state = State.SPECULATING
         self.owner.submit(job)
+
+    def _stop_anchoring(self) -> None:
+        if self.anchoring is not None:
+            self.anchoring.cancelled = True
+            self.anchoring = None
 
     def _cancel(self) -> None:
         if self.decode is not None:
             self.decode.cancelled = True
-        self.decode = self.decode_end = self.decoded_text = None
+        self.decode = self.decode_end = self.decoded_text = self.decoded_heard = None
+        self.decoded_words = ()
 
     def _current(self, job: Job) -> bool:
         """`job` is the final's decode, and still running."""
@@ -168,29 +201,43 @@ class Utterance:
             self._show(text, self.speech_end)
 
     def _decoded(self, job: Job, text: str, stats: dict[str, Any]) -> None:
+        if job is self.anchoring:
+            self.anchoring = None
+            heard = stats.get("heard")
+            if self.state in OPEN and heard and (self.anchor is None or len(job.audio) > self.anchor[1]):
+                self.anchor = (heard, len(job.audio))
+            return
         if not self._current(job):
             return
         if stats.get("error"):
             self.state = State.FAILED
             self.owner.failed(self.segment_id)
         elif self.state is State.CONFIRMED:
-            self._finish(text)
+            self._finish(text, stats.get("words", ()))
         else:
-            self.decoded_text = text
+            self.decoded_text, self.decoded_words = text, stats.get("words", ())
+            self.decoded_heard = stats.get("heard")
             self.state = State.SPECULATED
 
     # -- results ----------------------------------------------------------------------------------------
 
     def _show(self, hypothesis: str, end: float) -> None:
-        text, stable = self.agreement.update(hypothesis)
+        if self.stable_from_hearing:
+            # The first pass's words are a draft: stable is what Whisper has read (an anchor), never agreement alone.
+            text = hypothesis
+            anchor = self.anchor[0] if self.anchor is not None else ""
+            stable = len(anchor) if anchor and text.startswith(anchor) else 0
+        else:
+            text, stable = self.agreement.update(hypothesis)
         self.seq += 1
         self.owner.partial(Partial(self.segment_id, self.seq, text, stable, round(self.start, 3), round(end, 3)))
 
-    def _finish(self, text: str) -> None:
+    def _finish(self, text: str, words: tuple[Word, ...] = ()) -> None:
         self.state = State.FINAL
         # Sent even when empty (as Vosk does): an utterance was heard, nothing was recognised.
         self.owner.final(Final(self.segment_id, text, self.request.task, self.request.target_lang,
-                               round(self.start, 3), round(self.speech_end, 3), self.owner.latency_ms(self.speech_end)))
+                               round(self.start, 3), round(self.speech_end, 3), self.owner.latency_ms(self.speech_end),
+                               tuple(w.shifted(self.start) for w in words)))
 
     def _expect(self, states: frozenset[State], event: str) -> None:
         if self.state not in states:

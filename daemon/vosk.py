@@ -10,7 +10,8 @@ Client -> server:
   ones). Honoured: `sample_rate` (8000-48000 Hz, a whole number; default 8000, as vosk-server's
   default `VOSK_SAMPLE_RATE`; any rate is resampled server-side) and `max_alternatives` (> 0
   switches results to the n-best shape below, with one alternative). Accepted and ignored:
-  `words` (tympan's model gives no word times, see below), `phrase_list` (no grammar) and any
+  `words` (default true, as vosk-server's `VOSK_SHOW_WORDS`: results carry word times, see below),
+  `phrase_list` (no grammar) and any
   other key. A config message after the first audio frame changes nothing (as in vosk-server).
 - binary frames: mono PCM16 little-endian at that rate, any length up to `limits.max_frame_bytes`.
 - `{"eof" : 1}`: end of the audio.
@@ -31,12 +32,12 @@ After `{"eof" : 1}` the open utterance is ended and decoded, and its result is t
 (`{"text": ""}` when nothing was left), then the server closes (1000). Should more than one
 final still be pending (only after a slow decode), each comes as its own message before the close.
 
-Word times: tympan's model produces text only, no word timings or confidences, so results never
-carry vosk's `"result": [{"word", "start", "end", "conf"}, ...]` list, whatever `words` says:
-they look like vosk's results with `words` off (and like vosk's results for an utterance without
-words). Clients that build subtitles from word times get none; the utterance's text is there.
-Text is tympan's transcript as the model writes it (casing and punctuation included), not
-vosk's lower-case words.
+Word times: with a second pass of hearing (the default model's Whisper decoder) and `words` on, a
+result with text carries vosk's `"result": [{"conf", "end", "start", "word"}, ...]` list: times in
+seconds from the start of the stream, `conf` the mean probability of the word's tokens (with
+alternatives, each alternative's `result` has start, end and word, as vosk's n-best results do). A
+model without it gives text only: results then look like vosk's with `words` off. Text is tympan's
+transcript as the model writes it (casing and punctuation included), not vosk's lower-case words.
 
 Errors: vosk-server has no error message, so errors close the connection with a reason: invalid
 JSON, a text message that is neither config nor eof, a bad `sample_rate` or `max_alternatives`
@@ -70,7 +71,9 @@ log = logging.getLogger("tympan.vosk")
 VOSK_PATH = "/vosk"
 DEFAULT_RATE = 8000  # vosk-server's default sample rate (VOSK_SAMPLE_RATE)
 FINAL_WAIT_S = 5.0  # at most this long an answer waits for the final of an utterance that has ended
-ASR = Request(task="asr", target_lang="en")  # the one task of a Vosk client
+# The one task of a Vosk client; word times are asked for always (vosk-server shows words by default) and left
+# out of the results when the client's config turns `words` off.
+ASR = Request(task="asr", target_lang="en", word_times=True)
 
 
 def _reason(text: str) -> str:
@@ -98,6 +101,7 @@ def _number(value: Any, key: str) -> float:
 class VoskConfig:
     sample_rate: int = DEFAULT_RATE
     max_alternatives: int = 0
+    words: bool = True
 
     def update(self, changes: dict[str, Any]) -> None:
         """Apply a `config` object; raises ValueError naming the bad key."""
@@ -113,6 +117,11 @@ class VoskConfig:
             if not math.isfinite(n) or n != int(n) or n < 0:
                 raise ValueError("'max_alternatives' must be a whole number >= 0")
             self.max_alternatives = int(n)
+        if "words" in changes:
+            words = changes["words"]
+            if not isinstance(words, bool | int) or words not in (0, 1):
+                raise ValueError(f"'words' must be true or false, got {str(words)[:20]!r}")
+            self.words = bool(words)
 
 
 class VoskCodec(Codec):
@@ -125,7 +134,7 @@ class VoskCodec(Codec):
         self.vosk = VoskConfig()
         self.session_id = ""  # chosen here, with the first frame: vosk clients name no session
         self.streaming = False  # the first audio frame fixes the configuration
-        self.results: list[tuple[int, str]] = []  # finals not yet delivered: (segment_id, text)
+        self.results: list[Final] = []  # finals not yet delivered
         self.hypotheses: dict[int, str] = {}  # newest partial text of each utterance going on
         self.owed: set[int] = set()  # utterances that have ended and whose final has not come yet
         self.settled = asyncio.Event()  # set when a final comes, or an owed utterance is lost
@@ -182,7 +191,7 @@ class VoskCodec(Codec):
         elif isinstance(event, Endpoint):
             self.owed.add(event.segment_id)
         elif isinstance(event, Final):
-            self.results.append((event.segment_id, event.text))
+            self.results.append(event)
             self._settle(event.segment_id)
         elif isinstance(event, Lost):
             self._settle(event.segment_id)
@@ -190,10 +199,11 @@ class VoskCodec(Codec):
             log.warning("session %s: not sent to the Vosk client: %s", self.session_id, event.message)
         elif isinstance(event, Done):
             # After eof: every final left (the wait for them is over), or vosk's empty result.
-            return [self._result(text) for text in self._all_results() or [""]]
+            finals: list[Final | None] = [*self._all_results()]
+            return [self._result(final) for final in finals or [None]]
         elif isinstance(event, Shutdown):
             # Finals decoded since the last answer still reach the client before the close.
-            return [self._result(text) for text in self._all_results()]
+            return [self._result(final) for final in self._all_results()]
         return []
 
     def _settle(self, segment_id: int) -> None:
@@ -204,9 +214,9 @@ class VoskCodec(Codec):
     async def answer(self) -> list[str]:
         """The oldest final not yet delivered (waiting for one that is owed, bounded), else the hypothesis."""
         await self._await_final()
-        text = self._next_result()
-        if text is not None:
-            return [self._result(text)]
+        final = self._next_result()
+        if final is not None:
+            return [self._result(final)]
         hypothesis = self.hypotheses[min(self.hypotheses)] if self.hypotheses else ""
         return [json.dumps({"partial": hypothesis}, ensure_ascii=False)]
 
@@ -222,25 +232,35 @@ class VoskCodec(Codec):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.settled.wait(), left)
 
-    def _next_result(self) -> str | None:
+    def _next_result(self) -> Final | None:
         """The oldest undelivered final, unless an older utterance that has ended is still being decoded."""
         if not self.results:
             return None
-        first = min(self.results)
-        if any(segment_id < first[0] for segment_id in self.owed):
+        first = min(self.results, key=lambda f: f.segment_id)
+        if any(segment_id < first.segment_id for segment_id in self.owed):
             return None
         self.results.remove(first)
-        return first[1]
+        return first
 
-    def _all_results(self) -> list[str]:
-        texts = [text for _, text in sorted(self.results)]
+    def _all_results(self) -> list[Final]:
+        finals = sorted(self.results, key=lambda f: f.segment_id)
         self.results.clear()
-        return texts
+        return finals
 
-    def _result(self, text: str) -> str:
+    def _result(self, final: Final | None) -> str:
+        """A final as vosk's result (None: vosk's empty result)."""
+        text = final.text if final is not None else ""
+        words = final.words if final is not None and final.text and self.vosk.words else ()
         if self.vosk.max_alternatives > 0:
-            return json.dumps({"alternatives": [{"text": text, "confidence": 1.0}]}, ensure_ascii=False)
-        return json.dumps({"text": text}, ensure_ascii=False)
+            alternative: dict[str, Any] = {"text": text, "confidence": 1.0}
+            if words:
+                alternative["result"] = [{"start": w.start, "end": w.end, "word": w.word} for w in words]
+            return json.dumps({"alternatives": [alternative]}, ensure_ascii=False)
+        body: dict[str, Any] = {"text": text}
+        if words:
+            body = {"result": [{"conf": w.probability, "end": w.end, "start": w.start, "word": w.word}
+                               for w in words], **body}
+        return json.dumps(body, ensure_ascii=False)
 
     def farewell(self, closing: Closing) -> tuple[list[str], str]:
         """vosk-server has no error message: the close reason says what was wrong."""

@@ -10,6 +10,8 @@ BUNDLE/
                     (KV cache), its weights, the embedding table   [--llm onnx, the default]
   llm/              the merged LLM in safetensors, for PyTorch       [--llm torch]
   tokenizer/        tokenizer.json and friends
+  hearing/          with hearing.kind "whisper": Whisper's CTranslate2 files (model.bin, config.json,
+                    tokenizer.json), the second pass that writes the finals' words
 
 The phases: check the request, prepare (load the checkpoint, pick the verification inputs, compute the
 checkpoint's reference outputs), write the encoder, the LLM and the tokenizer, write the manifest, verify the
@@ -44,6 +46,7 @@ from tympan.runtime.bundle_manifest import (
     BundleManifest,
     Encoder,
     FileEntry,
+    Hearing,
     LanguageModel,
     Llm,
     OnnxChecks,
@@ -102,8 +105,9 @@ def export_bundle(
         write_tokenizer(prep.model, tmp)
         llm = write_llm(prep, tmp, llm_runtime)
         lm = write_lm(prep, tmp)
+        hearing = write_hearing(prep, tmp)
         encoder_file = write_int8_encoder(tmp) if quantize == "int8" else FP32_ENCODER
-        manifest = write_manifest(tmp, replace(describe(prep, encoder_file, quantize, llm), lm=lm))
+        manifest = write_manifest(tmp, replace(describe(prep, encoder_file, quantize, llm), lm=lm, hearing=hearing))
         served = verify(tmp, prep)
         manifest = replace(manifest, verification=Verification(
             inputs=[e.id for e in prep.examples], encoder_max_abs_diff=encoder_diff, greedy_tokens_identical=True))
@@ -222,6 +226,40 @@ def write_lm(prep: Prepared, tmp: Path) -> LanguageModel | None:
     shutil.copy(src, tmp / LM_FILE)
     s = lm.settings
     return LanguageModel(file=LM_FILE, order=lm.order, weight=s.weight, length_bonus=s.length_bonus, beam=s.beam)
+
+
+HEARING_DIR = "hearing"
+
+
+def write_hearing(prep: Prepared, tmp: Path) -> Hearing | None:
+    """With hearing.kind "whisper": Whisper's CTranslate2 files copied into the bundle, and loaded from there to
+    read a verification input (a file CTranslate2 cannot read stops the export, not the daemon)."""
+    from tympan.runtime.whisper import HearingError, HearingSettings, WhisperHearing, model_files
+
+    cfg = prep.model.cfg.hearing
+    if cfg.kind != "whisper":
+        return None
+    source = _hearing_source(prep, cfg.checkpoint)
+    try:
+        files = model_files(source)
+    except HearingError as e:
+        raise ExportError(f"hearing.checkpoint = {cfg.checkpoint!r}: {e}") from None
+    (tmp / HEARING_DIR).mkdir()
+    for name in files:
+        shutil.copy(source / name, tmp / HEARING_DIR / name)
+    try:
+        WhisperHearing(tmp / HEARING_DIR, HearingSettings(window_s=cfg.window_s, pad_s=cfg.pad_s)).hear(prep.audios[0])
+    except HearingError as e:
+        raise ExportError(str(e)) from None
+    return Hearing(kind="whisper", dir=HEARING_DIR, source=cfg.checkpoint, window_s=cfg.window_s, pad_s=cfg.pad_s)
+
+
+def _hearing_source(prep: Prepared, checkpoint: str) -> Path:
+    from tympan.training.model.base_models import PREFIX, whisper_ct2_dir
+
+    if checkpoint.startswith(PREFIX):
+        return whisper_ct2_dir(checkpoint[len(PREFIX):])
+    return prep.model.cfg.resolve(checkpoint)
 
 
 def write_int8_encoder(tmp: Path) -> str:

@@ -75,8 +75,9 @@ def test_a_manifest_survives_json_and_leaves_out_what_it_does_not_have() -> None
     (lambda d: d["llm"]["onnx"].update(format_version=1), r"llm\.onnx: not a tympan-llm-onnx v2 description"),
     # A bundle of an older format (before the bridge kind; before the CTC frames and the n-gram LM): refused
     # naming both versions.
-    (lambda d: d.update(format=1), r"bundle format 1; this tympan reads format 3"),
-    (lambda d: d.update(format=2), r"bundle format 2; this tympan reads format 3"),
+    (lambda d: d.update(format=1), r"bundle format 1; this tympan reads format 4"),
+    (lambda d: d.update(format=2), r"bundle format 2; this tympan reads format 4"),
+    (lambda d: d.update(format=3), r"bundle format 3; this tympan reads format 4"),
     (lambda d: d.update(lm={"file": "lm.npz", "order": 3}), r"missing required key lm\.weight"),
     (lambda d: d["encoder"].pop("bridge"), "missing required key encoder.bridge"),
 ])

@@ -66,6 +66,7 @@ class FakeModel:
         self.batches: list[int] = []
 
     hears = False  # no CTC text: partials are decoded
+    hearing = None  # no second pass: finals are the LLM's
 
     def encode(self, audios):
         self.batches.append(len(audios))

@@ -216,3 +216,52 @@ def test_partials_come_every_interval_until_the_endpoint_and_pass_local_agreemen
     stream(s.finals_of("final")[0], "guten tag alle zusammen")
     assert [p.seq for p in s.partials] == [1, 2, 3]  # numbering goes on through the confirmed decode
     assert s.finals[0].target_lang == "de"
+
+
+# -- with a second pass of hearing: what Whisper read is the partials' stable prefix -----------------------------
+
+
+def heard_utterance() -> tuple[Utterance, Session]:
+    owner = Session()
+    return Utterance("key", 3, Request(), 1.25, owner, stable_from_hearing=True), owner
+
+
+def test_the_first_passs_draft_is_never_stable_until_whisper_has_read_it() -> None:
+    u, s = heard_utterance()
+    u.maybe_partial(audio(0.6), end=1.85, interval=1)
+    u.maybe_partial(audio(1.2), end=2.45, interval=1)
+    for job, text in zip(s.finals_of("partial"), ["front", "front left"], strict=True):
+        job.on_done(text, {"kind": "partial"})
+    assert [(p.text, p.stable_len) for p in s.partials] == [("front", 0), ("front left", 0)]
+
+
+def test_a_speculation_read_before_speech_resumes_anchors_the_partials() -> None:
+    u, s = heard_utterance()
+    u.pause(audio(1.0), speech_end=2.25)
+    [spec] = s.finals_of("final")
+    spec.on_done("Eight of spades.", {"kind": "final", "heard": "8 of spades,"})
+    u.resume()
+    assert u.anchor == ("8 of spades,", RATE)
+    u.maybe_partial(audio(1.5), end=2.75, interval=1)
+    [partial] = s.finals_of("partial")
+    assert len(partial.audio) == RATE // 2  # the first pass reads only what came after the anchor
+    partial.on_done("four of", {"kind": "partial"})
+    assert (s.partials[-1].text, s.partials[-1].stable_len) == ("8 of spades, four of", len("8 of spades,"))
+
+
+def test_a_speculation_still_running_when_speech_resumes_anchors_when_it_comes() -> None:
+    u, s = heard_utterance()
+    u.pause(audio(1.0), speech_end=2.25)
+    [spec] = s.finals_of("final")
+    u.resume()
+    assert not spec.cancelled and u.anchor is None
+    spec.on_done("Go forward.", {"kind": "final", "heard": "Go forward."})
+    assert u.anchor == ("Go forward.", RATE) and u.state is State.LISTENING and not s.finals
+    # At the endpoint, a speculation still out is dropped: the final decode goes first.
+    u.pause(audio(2.0), speech_end=3.25)
+    u.resume()
+    late = s.finals_of("final")[-1]
+    u.endpoint(audio(2.5), speech_end=3.75)
+    assert late.cancelled
+    late.on_done("Go forward ten.", {"kind": "final", "heard": "Go forward ten."})
+    assert u.anchor == ("Go forward.", RATE)

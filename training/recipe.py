@@ -187,6 +187,24 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class HearingConfig:
+    """Who writes a final's words (two-pass hearing, tympan/runtime/whisper.py).
+
+    "ctc": the model's own path, the LLM reading the bridge's output (a CTC bridge's beam-search text is what was
+    heard; with the seed's dense projector, the LLM hears the speech itself). "whisper": the first pass stays
+    (partials, and nothing served where it heard nothing), and Whisper's own decoder reads the utterance for
+    the final: ASR serves its text, the other tasks give its text to the LLM as embedding rows (a text bridge).
+    """
+
+    kind: Literal["ctc", "whisper"] = "ctc"
+    # A CTranslate2 Whisper directory, or package:whisper-base / package:whisper-tiny.en (training/base_models.py).
+    checkpoint: str = ""
+    # The encoder reads at least window_s and at least pad_s past the speech (README: "Hearing").
+    window_s: float = field(default=10.0, metadata=check(positive))
+    pad_s: float = field(default=1.0, metadata=check(positive))
+
+
+@dataclass(frozen=True)
 class Recipe:
     encoder: EncoderConfig
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
@@ -195,6 +213,7 @@ class Recipe:
     prompt: PromptConfig = field(default_factory=PromptConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    hearing: HearingConfig = field(default_factory=HearingConfig)
     seed: int = 0
     # Where the config came from (not a TOML key): relative data paths resolve against it.
     base_dir: str = field(default=".", metadata={"internal": True})
@@ -257,6 +276,11 @@ def validate(cfg: Recipe, source: str) -> Recipe:
             raise ConfigError(
                 f"{source}: llm.random: hidden_size must be divisible by heads, and heads by kv_heads"
             )
+    if cfg.hearing.kind == "whisper" and not cfg.hearing.checkpoint:
+        raise ConfigError(f"{source}: hearing.kind = \"whisper\" needs hearing.checkpoint (a CTranslate2 Whisper "
+                          "directory, or package:whisper-base)")
+    if cfg.hearing.window_s > 30:
+        raise ConfigError(f"{source}: hearing.window_s = {cfg.hearing.window_s}: Whisper reads at most 30 s")
     if not cfg.lora.target_modules:
         raise ConfigError(f"{source}: lora.target_modules must name at least one module")
     for task, langs in cfg.prompt.instructions.items():

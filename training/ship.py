@@ -71,7 +71,7 @@ def _greedy(checkpoint: Path, manifest: Path, limit: int) -> list[str]:
     for group in groups.values():
         for ex in group:
             assert ex.audio is not None
-            out.append(runner.respond(load_audio(ex.audio, runner.sample_rate), runner.instruction(ex)))
+            out.append(runner.respond(load_audio(ex.audio, runner.sample_rate), runner.instruction(ex), ex.task))
     return out
 
 

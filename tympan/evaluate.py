@@ -52,10 +52,15 @@ class Runner(Protocol):
 
     def instruction(self, ex: Example) -> str: ...
 
-    def respond(self, audio: np.ndarray, instruction: str) -> str: ...
+    def respond(self, audio: np.ndarray, instruction: str, task: str) -> str: ...
 
     def heard(self, audio: np.ndarray) -> str | None:
         """The greedy CTC text, before the LLM (a CTC bridge); None when the model has none."""
+        ...
+
+    @property
+    def second_pass(self) -> bool:
+        """ASR answers are the second pass of hearing's words (Whisper's), served as they are."""
         ...
 
 
@@ -73,8 +78,14 @@ class BundleRunner:
     def instruction(self, ex: Example) -> str:
         return self.model.prompts.instruction(ex.task, ex.tgt_lang, ex.question)
 
-    def respond(self, audio: np.ndarray, instruction: str) -> str:
-        return self.model.respond(audio, instruction, self.settings)
+    def respond(self, audio: np.ndarray, instruction: str, task: str) -> str:
+        """The LLM's own answer (evaluation holds ASR answers to what was heard itself, `_served`), or, with a second
+        pass of hearing, what it serves for the task."""
+        return self.model.respond(audio, instruction, self.settings, task=task if self.second_pass else None)
+
+    @property
+    def second_pass(self) -> bool:
+        return self.model.hearing is not None
 
     def heard(self, audio: np.ndarray) -> str | None:
         if not self.model.hears:
@@ -175,7 +186,7 @@ def evaluate(
     total = sum(len(g) for g in groups.values())
     first = next(iter(groups.values()))[0]
     # One untimed call first: one-off start-up costs (thread pools, lazy initialisation) are not RTF.
-    runner.respond(_audio(first, runner.sample_rate), instructions[first.id])
+    runner.respond(_audio(first, runner.sample_rate), instructions[first.id], first.task)
     compute_s = audio_s = 0.0
     hypotheses: dict[GroupKey, list[Hypothesis]] = {}
     done = 0
@@ -183,11 +194,11 @@ def evaluate(
         for ex in group:
             audio = _audio(ex, runner.sample_rate)
             start = time.perf_counter()
-            answer = runner.respond(audio, instructions[ex.id])
+            answer = runner.respond(audio, instructions[ex.id], ex.task)
             compute_s += time.perf_counter() - start
             audio_s += len(audio) / runner.sample_rate
             heard = runner.heard(audio) if ex.task == "asr" else None  # untimed: the encoder again
-            hypotheses.setdefault(key, []).append(_served(ex, answer, heard, runner.settings))
+            hypotheses.setdefault(key, []).append(_served(ex, answer, heard, runner.settings, runner.second_pass))
             done += 1
             if progress is not None:
                 progress(done, total)
@@ -198,18 +209,23 @@ def evaluate(
     for (task, lang), hyps in hypotheses.items():
         ctc_texts = [h.heard for h in hyps if h.heard is not None]
         answers = [h.answer for h in hyps if h.answer is not None]
-        if task == "asr" and len(ctc_texts) == len(answers) == len(hyps):
+        if task == "asr" and len(ctc_texts) == len(hyps):
             refs = [h.example.target for h in hyps]
-            scores[(task, lang)] = {**scores[(task, lang)], "llm_wer": score_group(task, lang, refs, answers)["wer"],
-                                    "ctc_wer": score_group(task, lang, refs, ctc_texts)["wer"],
-                                    "replaced": sum(h.text != h.answer for h in hyps)}
+            extra: dict[str, float | int] = {"ctc_wer": score_group(task, lang, refs, ctc_texts)["wer"]}
+            if len(answers) == len(hyps):  # the LLM's answers, held to what was heard (no second pass)
+                extra = {"llm_wer": score_group(task, lang, refs, answers)["wer"], **extra,
+                         "replaced": sum(h.text != h.answer for h in hyps)}
+            scores[(task, lang)] = {**scores[(task, lang)], **extra}
     return Report(scores, hypotheses, compute_s, audio_s, skipped)
 
 
-def _served(ex: Example, answer: str, heard: str | None, settings: DecodeSettings) -> Hypothesis:
-    """What the daemon would serve for this answer (runtime/grounding.held, as the engine serves it)."""
+def _served(ex: Example, answer: str, heard: str | None, settings: DecodeSettings, second_pass: bool) -> Hypothesis:
+    """What the daemon would serve for this answer (runtime/grounding.held, as the engine serves it; the second
+    pass's words as they are)."""
     if heard is None:
         return Hypothesis(ex, answer)
+    if second_pass:  # Whisper's words, served as they are; the first pass's text beside them
+        return Hypothesis(ex, answer, heard)
     return Hypothesis(ex, held(answer, heard, settings)[0], heard, answer)
 
 

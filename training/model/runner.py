@@ -31,7 +31,12 @@ class CheckpointRunner:
     def instruction(self, ex: Example) -> str:
         return self.model.instruction(ex)
 
-    def respond(self, audio: np.ndarray, instruction: str) -> str:
+    @property
+    def second_pass(self) -> bool:
+        """A checkpoint is evaluated as trained: the second pass of hearing is the bundle's (tympan export)."""
+        return False
+
+    def respond(self, audio: np.ndarray, instruction: str, task: str) -> str:
         # Stray bytes of a cut multi-byte character are dropped as the serving side drops them, so both sides
         # print the same text.
         m = self.model

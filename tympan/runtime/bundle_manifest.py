@@ -16,8 +16,9 @@ from tympan.errors import TympanError
 # 2: the encoder graph says which bridge it ends in (`encoder.bridge`). 3: a CTC bridge's graph also gives
 # each frame's best labels and log-probabilities, and the bundle may hold a token n-gram LM (`lm`) the
 # beam search reads. A bundle of another format is refused with both numbers; the default bundle is
-# rebuilt (`tympan.runtime.bundle.default_bundle`).
-FORMAT = 3
+# rebuilt (`tympan.runtime.bundle.default_bundle`). 4: the bundle may hold a second pass of hearing
+# (`hearing`: Whisper's own decoder in CTranslate2 files) that writes the finals' words.
+FORMAT = 4
 MANIFEST = "manifest.json"
 
 # The LLM as one ONNX graph (written by tympan.export.llm_graph, run by tympan.runtime.onnx_llm).
@@ -159,6 +160,18 @@ class LanguageModel:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Hearing:
+    """The second pass of hearing (tympan/runtime/whisper.py): a CTranslate2 Whisper directory in the bundle, and
+    the window its encoder reads."""
+
+    kind: str  # "whisper"
+    dir: str
+    source: str  # what it was copied from (hearing.checkpoint of the recipe)
+    window_s: float
+    pad_s: float
+
+
+@dataclass(frozen=True, kw_only=True)
 class PromptFrame:
     """The chat frame around the speech and the instruction, as text."""
 
@@ -205,6 +218,7 @@ class BundleManifest:
     files: dict[str, FileEntry]  # every file but the manifest, by path relative to the bundle
     verification: Verification | None = None
     lm: LanguageModel | None = None  # with a CTC bridge: what was heard is read with it
+    hearing: Hearing | None = None  # None: the finals come from the model's own path (hearing.kind "ctc")
     quantization_report: dict[str, Any] | None = None  # with an int8 encoder: fp32 against int8
 
     @classmethod

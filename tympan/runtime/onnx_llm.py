@@ -47,6 +47,7 @@ class OnnxLLM:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see onnx_encoder.session_options
         providers = providers or ["CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(directory / info.graph.file), options, providers=providers)
         found = [i.name for i in self.session.get_inputs()]

@@ -1,6 +1,9 @@
 """The speech model a bundle serves: audio + instruction -> answer tokens.
 
 encoder (ONNX) -> speech embeddings; prompt tokens embedded around them; the runtime's greedy decode loop.
+With a second pass of hearing (the bundle's `hearing`, tympan/runtime/whisper.py), Whisper's decoder writes a
+final's words: ASR serves them, and the other tasks give them to the LLM as the embedding rows of their tokens (the
+text bridge), in the spoken form the LLM learnt from the CTC bridge.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from tympan.runtime.grounding import held
 from tympan.runtime.llm import load_llm
 from tympan.runtime.onnx_encoder import Encoded, OnnxEncoder
 from tympan.runtime.prompt import Prompts
+from tympan.runtime.whisper import Heard, HearingError, HearingSettings, WhisperHearing
+from tympan.spoken import ctc_target
 
 
 class SpeechModel:
@@ -30,6 +35,19 @@ class SpeechModel:
             raise BundleError(f"{bundle.path}: encoder gives {self.encoder.embedding_dim}-dim embeddings, "
                              f"the LLM takes {self.llm.hidden_size}")
         self.lm = self._load_lm()
+        self.hearing = self._load_hearing(threads)
+
+    def _load_hearing(self, threads: int | None) -> WhisperHearing | None:
+        entry = self.bundle.manifest.hearing
+        if entry is None:
+            return None
+        if entry.kind != "whisper":
+            raise BundleError(f"{self.bundle.path}: hearing.kind {entry.kind!r}; this tympan knows \"whisper\"")
+        try:
+            return WhisperHearing(self.bundle.path / entry.dir, HearingSettings(window_s=entry.window_s,
+                                                                               pad_s=entry.pad_s), threads)
+        except HearingError as e:
+            raise BundleError(str(e)) from None
 
     def _load_lm(self) -> NgramLM | None:
         entry = self.bundle.manifest.lm
@@ -74,6 +92,19 @@ class SpeechModel:
             return self.prompts.decode(beam_search(*encoded.ctc_frames, self.lm)).strip()
         return self.prompts.decode(encoded.ctc_ids).strip()
 
+    def hear(self, audio: np.ndarray, terms: str | None = None, word_times: bool = False) -> Heard:
+        """The second pass: Whisper's reading of one utterance (the bundle must have one)."""
+        if self.hearing is None:
+            raise BundleError(f"{self.bundle.path}: the bundle has no second pass of hearing (hearing.kind \"ctc\")")
+        return self.hearing.hear(audio, terms, word_times)
+
+    def text_bridge(self, text: str) -> np.ndarray:
+        """What the LLM reads for heard text: the embedding rows of its spoken form's tokens, as the CTC bridge
+        hands them (lower case, numbers as words, a leading space); (0, hidden) for no words."""
+        words = ctc_target(text)
+        ids = self.prompts.tokenizer.encode(" " + words, add_special_tokens=False).ids if words else []
+        return self.llm.embed(ids) if ids else np.zeros((0, self.llm.hidden_size), np.float32)
+
     def inputs(self, speech: np.ndarray, instruction: str) -> np.ndarray:
         before, after = self.prompts.ids(instruction)
         return np.concatenate([self.llm.embed(before), speech.astype(np.float32), self.llm.embed(after)])
@@ -92,7 +123,7 @@ class SpeechModel:
         A CTC bridge that recognised nothing gives no embedding: the answer is empty rather than what
         the LLM would make of the instruction alone (text on silence is what users of speech services
         complain of most)."""
-        if speech.shape[0] == 0 and self.bundle.manifest.encoder.bridge == "ctc":
+        if speech.shape[0] == 0 and (self.bundle.manifest.encoder.bridge == "ctc" or self.hearing is not None):
             return Decoded([], Stop.NOTHING_HEARD)
         return greedy_decode(self.llm, self.inputs(speech, instruction), self.prompts.stop_ids,
                              settings.capped(self.prompts.max_new_tokens), cancelled=cancelled, on_token=on_token)
@@ -102,10 +133,22 @@ class SpeechModel:
         words replaced it). The answer as it is without a CTC bridge or with `settings.ground_asr` off."""
         return held(answer, self.heard(encoded) if self.hears else None, settings)
 
+    def first_pass_silent(self, encoded: Encoded) -> bool:
+        """A CTC bridge heard no token: the second pass is not asked (Whisper writes words on silence)."""
+        return encoded.ctc_ids is not None and not encoded.ctc_ids
+
     def respond(self, audio: np.ndarray, instruction: str, settings: DecodeSettings = DEFAULT_SETTINGS,
-                task: str | None = None) -> str:
+                task: str | None = None, terms: str | None = None) -> str:
         """Audio in, text out, decoded as the daemon decodes (its default limits and loop guard); with `task`
-        "asr", held to what was heard as the daemon holds its ASR answers."""
+        "asr", held to what was heard as the daemon holds its ASR answers, or, with a second pass of hearing,
+        Whisper's words as they are."""
         (encoded,) = self.encode([audio])
+        if self.hearing is not None:
+            if self.first_pass_silent(encoded):
+                return ""
+            heard = self.hear(audio, terms)
+            if task == "asr":
+                return heard.text
+            return self.prompts.decode(self.decode(self.text_bridge(heard.text), instruction, settings).tokens)
         answer = self.prompts.decode(self.decode(encoded.embeddings, instruction, settings).tokens)
         return self.ground(answer, encoded, settings)[0] if task == "asr" else answer
