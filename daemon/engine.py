@@ -222,18 +222,16 @@ class Engine:
 
     def _decode(self, job: Job, encoded: Encoded, heard_out: list[str]) -> tuple[str, tuple[Word, ...]]:
         """The job's text, and its words' times (seconds from the utterance's start) where the final has them. A
-        final read by the second pass of hearing puts what it heard in `heard_out` (for any task)."""
+        final read by the second pass of hearing puts what it heard in `heard_out` (for any task; "" where the
+        reading is not sure enough of itself to be shown as stable)."""
         if self.ctc_partials and job.kind == "partial":
             return self.model.heard(encoded, with_lm=False), ()  # at once; the final reads it with the LM
         speech = encoded.embeddings
         if job.kind == "final" and self.model.hearing is not None:
             r = job.request
-            if self.model.first_pass_silent(encoded):
-                self.finals_refused += 1
-                heard_out.append("")
-                return "", ()
-            heard = self.model.hear(job.audio, terms=r.context, word_times=r.word_times)
-            heard_out.append(heard.text)
+            heard = self.model.read(job.audio, encoded, terms=r.context, word_times=r.word_times)
+            assert self.model.hearing is not None
+            heard_out.append(heard.text if self.model.hearing.settled(heard) else "")
             if heard.refused is not None:
                 self.finals_refused += 1
                 log.info("session %s segment %d: the second pass refused its reading (%s)", job.session_key,

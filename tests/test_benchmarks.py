@@ -108,3 +108,19 @@ def test_stable_words_the_final_contradicts_are_counted() -> None:
     assert taken_back(pairs) == {"stable_words": 7, "stable_taken_back_pct": round(100 * 2 / 7, 1),
                                  "parts_with_a_take_back": 2, "parts": 4}
     assert taken_back([]) == {}
+
+
+def test_hearing_measures_the_prompt_and_the_terms(tmp_path: Path) -> None:
+    out = tmp_path / "hearing.json"
+    run = script("hearing.py", "--whisper", "tiny.en", "--parts", "prompt,terms", "--json", str(out), timeout=240)
+    assert run.returncode == 0, run.stderr
+    data = json.loads(out.read_text())
+    assert [r["prompt"] for r in data["prompt"]] == ["nothing", "the previous final"]
+    assert all(0 <= r["wer_pct"] <= 200 for r in data["prompt"])
+    without, with_terms = data["terms"]["rows"]
+    assert without["names"] == with_terms["names"] > 20
+    # The names given as terms reach Whisper's prompt: more of them are spelt right.
+    assert with_terms["names_right"] > without["names_right"]
+    assert "| reading | names right | WER % |" in run.stdout
+    bad = script("hearing.py", "--parts", "window,nothing")
+    assert bad.returncode == 2 and "unknown part 'nothing'" in bad.stderr

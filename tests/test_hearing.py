@@ -153,6 +153,16 @@ def test_the_guards_refuse_what_faster_whisper_would_drop(hearing) -> None:
     assert compression_ratio("") == 0.0
 
 
+def test_only_a_sure_reading_of_a_prefix_is_shown_as_stable(hearing) -> None:
+    def heard(text: str, logprob: float, refused: str | None = None) -> Heard:
+        return Heard(text, [1], 0.1, logprob, compression_ratio(text), refused=refused)
+
+    assert hearing.settled(heard("Front", -0.3))
+    assert not hearing.settled(heard("We're", -0.9))  # Whisper on the first 0.6 s of "Rear, right"
+    assert not hearing.settled(heard("Go for...", -0.5))  # trailing off: the word was cut by the pause
+    assert not hearing.settled(heard("", -0.1, refused="no_speech"))
+
+
 def test_a_directory_that_is_not_whisper_is_refused_naming_the_file(tmp_path, tiny_en) -> None:
     shutil.copytree(tiny_en, tmp_path / "w")
     (tmp_path / "w" / "tokenizer.json").unlink()
@@ -241,6 +251,28 @@ def test_the_text_bridge_hands_the_llm_the_rows_of_the_heard_tokens(hearing_bund
     instruction = model.prompts.instruction("st", "de")
     bridged = model.decode(model.text_bridge(hearing.hear(audio).text), instruction).tokens
     assert model.respond(audio, instruction, task="st") == model.prompts.decode(bridged)
+
+
+def test_a_doubtful_reading_the_first_pass_shares_no_word_with_is_refused(hearing_bundle) -> None:
+    """tiny.en writes "Beep Beep Beep Beep" for a 440 Hz tone, with a no-speech probability of 0.76: kept only where the
+    first pass heard one of its words. A first pass that heard nothing stops the reading; a sure one is kept."""
+    from tympan.runtime.onnx_encoder import Encoded
+    from tympan.runtime.speech_model import SpeechModel
+
+    model = SpeechModel.load(hearing_bundle, threads=2)
+
+    def first_pass(text: str) -> Encoded:
+        ids = model.prompts.tokenizer.encode(" " + text, add_special_tokens=False).ids if text else []
+        return Encoded(np.zeros((1, model.llm.hidden_size), np.float32), ids)
+
+    tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(3 * RATE) / RATE)).astype(np.float32)
+    doubtful = model.hear(tone)
+    assert doubtful.text and doubtful.refused is None and doubtful.no_speech_prob > 0.6
+    assert model.read(tone, first_pass("who is")).refused == "unconfirmed"
+    assert model.read(tone, first_pass("beep")).text == doubtful.text
+    assert model.read(tone, first_pass("")).refused == "nothing_heard"
+    speech = alsa_speech("Front_Center")
+    assert model.read(speech, first_pass("who is")).text == model.hear(speech).text  # Whisper is sure: kept
 
 
 def test_a_bundle_whose_hearing_files_are_broken_is_refused(hearing_bundle, tmp_path) -> None:

@@ -9,6 +9,7 @@ text bridge), in the spoken form the LLM learnt from the CTC bridge.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -133,9 +134,24 @@ class SpeechModel:
         words replaced it). The answer as it is without a CTC bridge or with `settings.ground_asr` off."""
         return held(answer, self.heard(encoded) if self.hears else None, settings)
 
-    def first_pass_silent(self, encoded: Encoded) -> bool:
-        """A CTC bridge heard no token: the second pass is not asked (Whisper writes words on silence)."""
-        return encoded.ctc_ids is not None and not encoded.ctc_ids
+    def read(self, audio: np.ndarray, encoded: Encoded, terms: str | None = None, word_times: bool = False) -> Heard:
+        """The second pass's reading of an utterance, checked against the first pass (`encoded`, the same audio).
+        Where a CTC bridge heard nothing, Whisper is not asked ("nothing_heard"). Where Whisper doubts (average
+        log-probability under the guard's threshold, or no-speech probability over its own) and not one of its
+        words is among those the first pass heard, the reading is refused ("unconfirmed"): two recognisers that
+        share no word on sound one of them doubts are reading noise ("Thank you." on 20 s of music and noise;
+        measured on 30 minutes of it: README, "Hearing")."""
+        if encoded.ctc_ids is not None and not encoded.ctc_ids:
+            return Heard("", [], 1.0, 0.0, 0.0, refused="nothing_heard")
+        heard = self.hear(audio, terms, word_times)
+        assert self.hearing is not None
+        guard = self.hearing.settings
+        doubts = heard.avg_logprob < guard.logprob_threshold or heard.no_speech_prob > guard.no_speech_threshold
+        if heard.refused is None and encoded.ctc_ids is not None and doubts:
+            first = set(self.prompts.decode(encoded.ctc_ids).split())
+            if not first & set(ctc_target(heard.text).split()):
+                return replace(heard, text="", tokens=[], words=(), refused="unconfirmed")
+        return heard
 
     def respond(self, audio: np.ndarray, instruction: str, settings: DecodeSettings = DEFAULT_SETTINGS,
                 task: str | None = None, terms: str | None = None) -> str:
@@ -144,9 +160,9 @@ class SpeechModel:
         Whisper's words as they are."""
         (encoded,) = self.encode([audio])
         if self.hearing is not None:
-            if self.first_pass_silent(encoded):
+            heard = self.read(audio, encoded, terms)
+            if heard.refused is not None:
                 return ""
-            heard = self.hear(audio, terms)
             if task == "asr":
                 return heard.text
             return self.prompts.decode(self.decode(self.text_bridge(heard.text), instruction, settings).tokens)

@@ -80,6 +80,9 @@ class HearingSettings:
     compression_ratio_threshold: float = field(default=2.4, metadata=check(positive))
     # An utterance whose loudest 10 ms stays below this level (dBFS) is silence: not read at all.
     silence_dbfs: float = field(default=-60.0, metadata=check(_threshold))
+    # A reading of the speech up to a pause is shown as stable partial text only this sure of itself (measured
+    # on prefixes of the recordings: "We're..." for "Rear" at -0.9, "8 of space" at -0.88; README: "Hearing").
+    settled_logprob: float = field(default=-0.8, metadata=check(_threshold))
 
     def __post_init__(self) -> None:
         check_fields(self, "hearing")
@@ -233,6 +236,11 @@ class WhisperHearing:
                     return [t for g in groups[:i] for t in g]
                 seen.add(run)
         return tokens
+
+    def settled(self, heard: Heard) -> bool:
+        """Sure enough of itself to be shown as stable: not refused, confident, and not trailing off ("Go for...")."""
+        return (heard.refused is None and heard.avg_logprob >= self.settings.settled_logprob
+                and not heard.text.rstrip().endswith(("...", "…")))
 
     def refusal(self, heard: Heard) -> str | None:
         """Why the guard throws this text away, or None to keep it."""
