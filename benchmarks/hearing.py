@@ -100,7 +100,9 @@ def _synthesize(texts: list[str], threads: int) -> tuple[str, list[np.ndarray]]:
         from tympan.training.corpus.voices import PiperEngine, Voice, render_params
 
         voice = Voice("piper:joe", "piper", "piper:joe", "us-m", "joe")
-        render = {**render_params(voice, random.Random(0)), "speed": 1.0, "pitch": 0.0}
+        # No sampling noise: Piper's graph draws it unseeded, and the same audio every run makes runs compare.
+        render = {**render_params(voice, random.Random(0)), "speed": 1.0, "pitch": 0.0, "noise_scale": 0.0,
+                  "noise_w": 0.0}
         engine = PiperEngine(threads)
         return "piper joe", [engine.synthesize(voice, t, render) for t in texts]
     except ImportError:

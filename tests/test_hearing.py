@@ -195,6 +195,13 @@ def test_a_pause_inside_a_words_span_moves_its_start_onto_the_sound() -> None:
 
 
 def test_terms_go_to_whisper_as_previous_text(hearing) -> None:
+    # However many terms a client sends, the words still have their budget.
+    audio = alsa_speech("Front_Center")
+    many = " ".join(["Kubernetes Grafana Nginx Przybylski"] * 20)
+    from tympan.scoring import wer
+
+    plain, prompted = hearing.hear(audio).text, hearing.hear(audio, terms=many).text
+    assert plain and wer([plain], [prompted]) == 0, (plain, prompted)
     assert hearing.prompt() == hearing.start
     prompt = hearing.prompt("  Kubernetes, Nginx ")
     terms = hearing.tokenizer.encode(" Kubernetes, Nginx", add_special_tokens=False).ids

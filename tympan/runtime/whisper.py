@@ -195,8 +195,9 @@ class WhisperHearing:
         encoded = self.model.encode(ctranslate2.StorageView.from_array(window), to_cpu=False)
         prompt = self.prompt(terms)
         cap = max(4, math.ceil(frames / FRAMES_PER_SECOND * self.settings.tokens_per_second) + 4)
-        (result,) = self.model.generate(encoded, [prompt], beam_size=1, max_length=cap, return_scores=True,
-                                        return_no_speech_prob=True)
+        # CTranslate2 counts the prompt in max_length: the terms must not eat the words' budget.
+        (result,) = self.model.generate(encoded, [prompt], beam_size=1, max_length=len(prompt) + cap,
+                                        return_scores=True, return_no_speech_prob=True)
         tokens = [t for t in result.sequences_ids[0] if t < self.eot]
         looped = repeating_tail(tokens, 8, 3)
         if looped:
