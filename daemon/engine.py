@@ -198,9 +198,8 @@ class Engine:
             if job.cancelled:
                 continue
             t1 = time.perf_counter()
-            heard: list[str] = []
             try:
-                text, words = self._decode(job, enc, heard)
+                text, words, heard = self._decode(job, enc)
             except Exception:
                 log.exception("decoding failed (session %s, segment %d)", job.session_key, job.segment_id)
                 self._deliver(job.on_done, "", {"error": "internal"})
@@ -213,34 +212,33 @@ class Engine:
                 self.audio_seconds += seconds
             stats = {"kind": job.kind, "audio_s": seconds, "compute_s": work, "batch": len(batch),
                      "queued_s": started - job.submitted, "words": words}
-            if heard:
-                stats["heard"] = heard[0]
+            if heard is not None:
+                stats["heard"] = heard
             if not job.cancelled:
                 self._deliver(job.on_done, text, stats)
             if self.on_stats is not None:
                 self._deliver(self.on_stats, stats)
 
-    def _decode(self, job: Job, encoded: Encoded, heard_out: list[str]) -> tuple[str, tuple[Word, ...]]:
-        """The job's text, and its words' times (seconds from the utterance's start) where the final has them. A
-        final read by the second pass of hearing puts what it heard in `heard_out` (for any task; "" where the
-        reading is not sure enough of itself to be shown as stable)."""
+    def _decode(self, job: Job, encoded: Encoded) -> tuple[str, tuple[Word, ...], str | None]:
+        """The job's text; its words' times (seconds from the utterance's start) where the final has them; and, for
+        a final read by the second pass of hearing, what it heard (for any task; "" where the reading is not sure
+        enough of itself to be shown as stable), else None."""
         if self.ctc_partials and job.kind == "partial":
-            return self.model.heard(encoded, with_lm=False), ()  # at once; the final reads it with the LM
-        speech = encoded.embeddings
-        if job.kind == "final" and self.model.hearing is not None:
-            r = job.request
-            heard = self.model.read(job.audio, encoded, terms=r.context, word_times=r.word_times)
-            assert self.model.hearing is not None
-            heard_out.append(heard.text if self.model.hearing.settled(heard) else "")
-            if heard.refused is not None:
-                self.finals_refused += 1
-                log.info("session %s segment %d: the second pass refused its reading (%s)", job.session_key,
-                         job.segment_id, heard.refused)
-                return "", ()
-            if r.task == "asr" and r.instruction is None:
-                return heard.text, heard.words
-            speech = self.model.text_bridge(heard.text)
-        return self._answer(job, encoded, speech), ()
+            return self.model.heard(encoded, with_lm=False), (), None  # at once; the final reads it with the LM
+        hearing = self.model.hearing
+        if job.kind != "final" or hearing is None:
+            return self._answer(job, encoded, encoded.embeddings), (), None
+        r = job.request
+        heard = self.model.read(job.audio, encoded, terms=r.context, word_times=r.word_times)
+        shown = heard.text if hearing.settled(heard) else ""
+        if heard.refused is not None:
+            self.finals_refused += 1
+            log.info("session %s segment %d: the second pass refused its reading (%s)", job.session_key,
+                     job.segment_id, heard.refused)
+            return "", (), shown
+        if r.task == "asr" and r.instruction is None:
+            return heard.text, heard.words, shown
+        return self._answer(job, encoded, self.model.text_bridge(heard.text)), (), shown
 
     def _answer(self, job: Job, encoded: Encoded, speech: np.ndarray) -> str:
         """The LLM's answer to the job's request for `speech` (embeddings), streamed as it is decoded."""

@@ -95,7 +95,6 @@ class Utterance:
         self.decoded_text: str | None = None  # a finished speculation's text, waiting for the endpoint
         self.decoded_words: tuple[Word, ...] = ()  # and its words' times (from the utterance's start)
         self.decoded_heard: str | None = None  # and what the second pass heard, whatever the task
-        self.decode_samples = 0  # the audio the final's decode reads
         self.stable_from_hearing = stable_from_hearing
         self.anchor: tuple[str, int] | None = None  # Whisper's reading of the first samples: (text, samples)
         self.anchoring: Job | None = None  # a speculation that speech resumed during: the next anchor
@@ -118,8 +117,8 @@ class Utterance:
 
     def resume(self) -> None:
         self._expect(OPEN, "resume")
-        if self.state is State.SPECULATED and self.decoded_heard:
-            self.anchor = (self.decoded_heard, self.decode_samples)
+        if self.state is State.SPECULATED and self.stable_from_hearing and self.decoded_heard and self.decode:
+            self.anchor = (self.decoded_heard, len(self.decode.audio))
         elif self.state is State.SPECULATING and self.stable_from_hearing and self.decode is not None:
             # Its reading of the audio up to the pause is still good: it becomes the anchor when it comes.
             self.anchoring, self.decode = self.decode, None
@@ -174,7 +173,6 @@ class Utterance:
                   on_done=lambda text, stats: self._decoded(job, text, stats),
                   on_text=lambda text: self._decoding(job, text))
         self.decode, self.decode_end, self.streamed = job, speech_end, ""
-        self.decode_samples = len(audio)
         self.state = State.SPECULATING
         self.owner.submit(job)
 

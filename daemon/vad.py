@@ -95,7 +95,7 @@ class VadConfig:
     # Silence before SpeechPaused (the speculative decode point). One frame reacts fastest but
     # pauses ~10 times per sentence (stop closures, word gaps); 90 ms pauses ~3 times. Since a
     # speculation is a Whisper reading (about 250 ms of both cores), 200 ms: on the 14 recordings
-    # 17 % less CPU than at 90, the final still decoded before the 600 ms endpoint (README: "Hearing").
+    # 17 % less CPU than at 90, the final still decoded before the 600 ms endpoint (docs/hearing.md).
     pause_ms: int = field(default=200, metadata=check(positive))
     max_utterance_s: float = field(default=20.0, metadata=check(positive))
     # At max length the cut goes at the quietest point of this last stretch.

@@ -8,11 +8,11 @@ Client -> server:
 
 - optionally, before the audio, `{"config": {...}}` text messages (later ones update earlier
   ones). Honoured: `sample_rate` (8000-48000 Hz, a whole number; default 8000, as vosk-server's
-  default `VOSK_SAMPLE_RATE`; any rate is resampled server-side) and `max_alternatives` (> 0
-  switches results to the n-best shape below, with one alternative). Accepted and ignored:
-  `words` (default true, as vosk-server's `VOSK_SHOW_WORDS`: results carry word times, see below),
-  `phrase_list` (no grammar) and any
-  other key. A config message after the first audio frame changes nothing (as in vosk-server).
+  default `VOSK_SAMPLE_RATE`; any rate is resampled server-side), `max_alternatives` (> 0
+  switches results to the n-best shape below, with one alternative) and `words` (default true, as
+  vosk-server's `VOSK_SHOW_WORDS`: results carry word times, see below). Accepted and ignored:
+  `phrase_list` (no grammar) and any other key. A config message after the first audio frame
+  changes nothing (as in vosk-server).
 - binary frames: mono PCM16 little-endian at that rate, any length up to `limits.max_frame_bytes`.
 - `{"eof" : 1}`: end of the audio.
 

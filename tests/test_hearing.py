@@ -225,11 +225,16 @@ def _tiny_checkpoint_hearing(tympan_home: Path, out: Path, checkpoint: str) -> P
 
 
 @pytest.fixture(scope="module")
-def hearing_bundle(tympan_home: Path, tiny_en: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def hearing_checkpoint(tympan_home: Path, tiny_en: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiny_checkpoint_hearing(tympan_home, tmp_path_factory.mktemp("ckpt") / "final", str(tiny_en))
+
+
+@pytest.fixture(scope="module")
+def hearing_bundle(hearing_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny test model (trained in seconds) exported with Whisper tiny.en as its second pass of hearing."""
     from tympan.export.bundle import export_bundle
 
-    checkpoint = _tiny_checkpoint_hearing(tympan_home, tmp_path_factory.mktemp("ckpt") / "final", str(tiny_en))
+    checkpoint = hearing_checkpoint
     out = tmp_path_factory.mktemp("bundles") / "hearing"
     export_bundle(checkpoint, out, force=True)
     return out
@@ -280,6 +285,22 @@ def test_a_doubtful_reading_the_first_pass_shares_no_word_with_is_refused(hearin
     assert model.read(tone, first_pass("")).refused == "nothing_heard"
     speech = alsa_speech("Front_Center")
     assert model.read(speech, first_pass("who is")).text == model.hear(speech).text  # Whisper is sure: kept
+
+
+def test_a_curve_row_of_a_bundle_scores_what_the_daemon_serves(hearing_checkpoint, hearing_bundle, tiny_en,
+                                                               tmp_path) -> None:
+    from tympan.evaluate import BundleRunner, evaluate
+    from tympan.manifest import load_manifest
+    from tympan.training import curve
+
+    real = build_real_manifest(tmp_path / "real")
+    out = tmp_path / "curve.jsonl"
+    curve.main(["--checkpoint", str(hearing_checkpoint), "--bundle", str(hearing_bundle), "--real", str(real),
+                "--out", str(out)])
+    row = json.loads(out.read_text())
+    assert row["served"] == f"bundle, hearing {tiny_en}"
+    served = evaluate(BundleRunner(hearing_bundle), load_manifest(real)).scores[("asr", "en")]
+    assert row["real"]["asr"]["en"]["wer"] == served["wer"] and "llm_wer" not in row["real"]["asr"]["en"]
 
 
 def test_a_bundle_whose_hearing_files_are_broken_is_refused(hearing_bundle, tmp_path) -> None:

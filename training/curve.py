@@ -9,6 +9,9 @@ trained yet) gives `ctc_wer` alone and needs `--config`. Run after every trainin
   python -m tympan.training.curve --checkpoint RUN/joint/step-000400 \
       --dev $TYMPAN_HOME/data/default/dev.jsonl --real $TYMPAN_HOME/data/real/real.jsonl \
       --limit 40 --out models/default/curve.jsonl
+
+With `--bundle DIR` (the checkpoint exported, e.g. the default bundle), the figures are the bundle's as the daemon
+serves them, its second pass of hearing included; the checkpoint gives the stage and steps.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 
 import soundfile as sf
 
-from tympan.evaluate import evaluate
+from tympan.evaluate import BundleRunner, Runner, evaluate
 from tympan.manifest import load_manifest
 from tympan.training.ctc_stage import score_checkpoint
 from tympan.training.model.checkpoint import read_config, read_meta
@@ -63,7 +66,7 @@ def is_ctc_stage(checkpoint: Path) -> bool:
 
 def curve_row(checkpoint: Path, dev: Path | None, real: Path | None, limit: int | None,
               threads: int | None, config: Path | None = None,
-              train_hours: float | None = None) -> dict[str, Any]:
+              train_hours: float | None = None, bundle: Path | None = None) -> dict[str, Any]:
     if is_ctc_stage(checkpoint):
         assert config is not None, "a ctc-stage checkpoint carries no recipe"
         cfg = load_config(config)
@@ -88,7 +91,12 @@ def curve_row(checkpoint: Path, dev: Path | None, real: Path | None, limit: int 
         for name, (_, examples, _, wer) in zip(manifests, scored, strict=True):
             row[name] = {"asr": {"en": {"ctc_wer": round(wer, 2), "n": len(examples)}}}
         return row
-    runner = CheckpointRunner(checkpoint, threads=threads)
+    runner: Runner = CheckpointRunner(checkpoint, threads=threads)
+    if bundle is not None:
+        served = BundleRunner(bundle, threads=threads)
+        hearing = served.model.bundle.manifest.hearing
+        row["served"] = f"bundle, hearing {hearing.source if hearing is not None else 'ctc'}"
+        runner = served
     for name, manifest in (("dev", dev), ("real", real)):
         if manifest is None:
             continue
@@ -116,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-hours", type=float, metavar="H",
                    help="hours of training audio the checkpoint saw, where its manifests have grown since "
                         "(default: measured from the recipe's manifests as they are now)")
+    p.add_argument("--bundle", type=Path, help="score the checkpoint's bundle as the daemon serves it instead")
     p.add_argument("--out", type=Path, required=True, help="JSONL file to append the row to")
     args = p.parse_args(argv)
     if is_ctc_stage(args.checkpoint) and args.config is None:
@@ -126,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.train_hours is not None and args.train_hours < 0:
         p.error(f"--train-hours must be >= 0, got {args.train_hours}")
-    row = curve_row(args.checkpoint, args.dev, args.real, args.limit, args.threads, args.config, args.train_hours)
+    row = curve_row(args.checkpoint, args.dev, args.real, args.limit, args.threads, args.config, args.train_hours,
+                    args.bundle)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("a", encoding="utf-8") as f:
         f.write(json.dumps(row, ensure_ascii=False) + "\n")

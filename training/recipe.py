@@ -199,7 +199,7 @@ class HearingConfig:
     kind: Literal["ctc", "whisper"] = "ctc"
     # A CTranslate2 Whisper directory, or package:whisper-base / package:whisper-tiny.en (training/base_models.py).
     checkpoint: str = ""
-    # The encoder reads at least window_s and at least pad_s past the speech (README: "Hearing").
+    # The encoder reads at least window_s and at least pad_s past the speech (docs/hearing.md).
     window_s: float = field(default=10.0, metadata=check(positive))
     pad_s: float = field(default=1.0, metadata=check(positive))
 

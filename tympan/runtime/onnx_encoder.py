@@ -34,7 +34,7 @@ def session_options(threads: int | None):
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-    # Threads that spin between calls burn a core while the daemon waits for audio (measured: README, "Hearing").
+    # Threads that spin between calls would burn the cores while the daemon waits for audio.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 

@@ -140,7 +140,7 @@ class SpeechModel:
         log-probability under the guard's threshold, or no-speech probability over its own) and not one of its
         words is among those the first pass heard, the reading is refused ("unconfirmed"): two recognisers that
         share no word on sound one of them doubts are reading noise ("Thank you." on 20 s of music and noise;
-        measured on 30 minutes of it: README, "Hearing")."""
+        measured on 30 minutes of it: docs/hearing.md)."""
         if encoded.ctc_ids is not None and not encoded.ctc_ids:
             return Heard("", [], 1.0, 0.0, 0.0, refused="nothing_heard")
         heard = self.hear(audio, terms, word_times)

@@ -5,7 +5,7 @@ decoder learnt from 680k hours. A final is read once, through CTranslate2 (the e
 
 - the window: the utterance's log-mel frames, padded with zeros to max(speech + `pad_s`, `window_s`). Whisper was
   trained on 30 s windows; on the bare utterance it loops, and past about 10 s the extra zeros cost time and gave
-  no better words (README: "Hearing");
+  no better words (docs/hearing.md);
 - greedy decoding with a length cap from the duration, then the decode loop's guard against repeats;
 - the guard against text on silence and noise, faster-whisper's checks: no-speech probability with average
   log-probability, and the compression ratio of the text (a loop compresses well);
@@ -33,7 +33,7 @@ import numpy as np
 from tympan.config import check, check_fields, positive
 from tympan.errors import TympanError
 from tympan.features import WhisperLogMel
-from tympan.runtime.decode import repeating_tail
+from tympan.runtime.decode import DEFAULT_SETTINGS, repeating_tail
 
 SAMPLE_RATE = 16000
 FRAMES_PER_SECOND = 100  # log-mel frames (hop 160 at 16 kHz)
@@ -68,7 +68,7 @@ def _threshold(value: float) -> str | None:
 class HearingSettings:
     """How the second pass reads an utterance and when it refuses what it read."""
 
-    # The encoder reads at least `window_s` and at least `pad_s` past the speech (README: "Hearing").
+    # The encoder reads at least `window_s` and at least `pad_s` past the speech (docs/hearing.md).
     window_s: float = field(default=10.0, metadata=check(positive))
     pad_s: float = field(default=1.0, metadata=check(positive))
     # Length cap: tokens per second of audio, plus a few (no one speaks 8 tokens a second for long).
@@ -81,7 +81,7 @@ class HearingSettings:
     # An utterance whose loudest 10 ms stays below this level (dBFS) is silence: not read at all.
     silence_dbfs: float = field(default=-60.0, metadata=check(_threshold))
     # A reading of the speech up to a pause is shown as stable partial text only this sure of itself (measured
-    # on prefixes of the recordings: "We're..." for "Rear" at -0.9, "8 of space" at -0.88; README: "Hearing").
+    # on prefixes of the recordings: "We're..." for "Rear" at -0.9, "8 of space" at -0.88; docs/hearing.md).
     settled_logprob: float = field(default=-0.8, metadata=check(_threshold))
 
     def __post_init__(self) -> None:
@@ -199,7 +199,7 @@ class WhisperHearing:
         (result,) = self.model.generate(encoded, [prompt], beam_size=1, max_length=len(prompt) + cap,
                                         return_scores=True, return_no_speech_prob=True)
         tokens = [t for t in result.sequences_ids[0] if t < self.eot]
-        looped = repeating_tail(tokens, 8, 3)
+        looped = repeating_tail(tokens, DEFAULT_SETTINGS.repeat_ngram_max, DEFAULT_SETTINGS.repeat_times)
         if looped:
             del tokens[-looped:]
         kept = self.word_loop_cut(tokens)
