@@ -3,6 +3,8 @@
 - LibreOffice help in en/de/it/zh: the `libreoffice-help-*` packages are not installed system
   wide; `apt-get download` fetches each .deb into `ROOT/debs` (once) and `dpkg-deb -x` unpacks
   it into `ROOT/libreoffice/<lang>` (through a temporary directory, renamed when complete).
+- Debian documentation packages with the same text in en/de/it/zh (`MANUALS`: the Debian
+  Reference and the GIMP help), fetched and unpacked the same way into `ROOT/<family>/<lang>`.
 - WordNet, fortunes and the bsdgames quiz files: installed by the project's set-up
   (`wordnet-base`, `fortunes`, `bsdgames`) under /usr/share; other places can be given.
 """
@@ -24,6 +26,21 @@ LIBREOFFICE_HELP = {
     "de": ("libreoffice-help-de", "de"),
     "it": ("libreoffice-help-it", "it"),
     "zh": ("libreoffice-help-zh-cn", "zh-CN"),
+}
+# family -> lang -> (Debian package, the folder of its HTML pages inside the package)
+MANUALS: dict[str, dict[str, tuple[str, str]]] = {
+    "debian-reference": {
+        "en": ("debian-reference-en", "usr/share/debian-reference"),
+        "de": ("debian-reference-de", "usr/share/debian-reference"),
+        "it": ("debian-reference-it", "usr/share/debian-reference"),
+        "zh": ("debian-reference-zh-cn", "usr/share/debian-reference"),
+    },
+    "gimp-help": {
+        "en": ("gimp-help-en", "usr/share/gimp/2.0/help/en"),
+        "de": ("gimp-help-de", "usr/share/gimp/2.0/help/de"),
+        "it": ("gimp-help-it", "usr/share/gimp/2.0/help/it"),
+        "zh": ("gimp-help-zh-cn", "usr/share/gimp/2.0/help/zh_CN"),
+    },
 }
 WORDNET_DIR = Path("/usr/share/wordnet")
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
@@ -92,6 +109,34 @@ def libreoffice_help(root: Path, lang: str) -> Path:
     if not (help_root / "text").is_dir():
         raise SourceError(f"{package}: unpacked into {dest}, but {help_root}/text is missing")
     return help_root
+
+
+def manual_roots(root: Path, family: str, langs: tuple[str, ...] = ("en", "de", "it", "zh")) -> dict[str, Path]:
+    """lang -> the folder holding that language's HTML pages of one family of manuals.
+
+    Each package is fetched into `root/debs` and unpacked into `root/<family>/<lang>` on first
+    use. "libreoffice" gives the LibreOffice help roots (`libreoffice_help`).
+    """
+    if family == "libreoffice":
+        return {lang: libreoffice_help(root, lang) for lang in langs}
+    if family not in MANUALS:
+        raise SourceError(f"no manuals family {family!r} (known: libreoffice, {', '.join(MANUALS)})")
+    packages = MANUALS[family]
+    unknown = [lang for lang in langs if lang not in packages]
+    if unknown:
+        raise SourceError(f"no {family} package for {', '.join(map(repr, unknown))} (known: {', '.join(packages)})")
+    roots = {}
+    for lang in langs:
+        package, folder = packages[lang]
+        dest = root / family / lang
+        _extract(_download(package, root / "debs"), dest)
+        pages = dest / folder
+        if not pages.is_dir():
+            raise SourceError(f"{package}: unpacked into {dest}, but {pages} is missing")
+        if next(pages.glob("*.html"), None) is None:
+            raise SourceError(f"{package}: unpacked into {dest}, but {pages} holds no .html pages")
+        roots[lang] = pages
+    return roots
 
 
 def _require(path: Path | None, probe: str, package: str) -> Path | None:
