@@ -88,7 +88,7 @@ def _infer(args: argparse.Namespace) -> int:
 
     model = SpeechModel.load(args.bundle or default_bundle())
     lang = args.lang or {"asr": "en", "st": "de", "sqa": "en"}[args.task]
-    instruction = args.instruction or model.prompts.instruction(args.task, lang, args.question)
+    instruction = args.instruction or model.instruction(args.task, lang, args.question)
     for path in args.audio:
         text = model.respond(load_audio(path, model.sample_rate), instruction,
                              task=None if args.instruction else args.task)

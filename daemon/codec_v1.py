@@ -22,6 +22,7 @@ from tympan.daemon.events import (
     Open,
     Partial,
     Ready,
+    Translation,
     final_dict,
 )
 from tympan.daemon.protocol import (
@@ -91,6 +92,8 @@ class V1Codec(Codec):
                           request=request_dict(ev.request))]
         if isinstance(ev, Partial):
             return [event("partial", **asdict(ev))]
+        if isinstance(ev, Translation):
+            return [event("translation", **asdict(ev))]
         if isinstance(ev, Final):
             return [event("final", **final_dict(ev))]
         if isinstance(ev, Error):

@@ -12,8 +12,10 @@ LLM's answer (a translation, say); the final follows at once.
 
 With a second pass of hearing (the bundle's Whisper decoder), a final is Whisper's reading of the utterance: ASR
 serves its words (with their times when the request asks), the other tasks and custom instructions give them to
-the LLM through the text bridge. Where the first pass (the CTC text of the same encoder call) heard nothing, or
-Whisper's guard refuses its reading (silence, a loop), the final is empty.
+the bundle's text LLM, prompted with its chat template (or, in a bundle without one, to the speech LLM through the
+text bridge). A text LLM's answer streams: the job hears of the heard text first (`on_source`), then of the answer
+so far after each token (`on_text`), whatever the partials' source. Where the first pass (the CTC text of the same
+encoder call) heard nothing, or Whisper's guard refuses its reading (silence, a loop), the final is empty.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ class Job:
     # Called on the event loop: on_text(text_so_far) while decoding a final; on_done(text, stats).
     on_done: Callable[[str, dict[str, Any]], None]
     on_text: Callable[[str], None] | None = None
+    # Called on the event loop with what a final's second pass heard, before a text LLM answers from it.
+    on_source: Callable[[str], None] | None = None
     cancelled: bool = False
     submitted: float = field(default_factory=time.monotonic)
 
@@ -59,7 +63,7 @@ class Job:
         """The engine is done with this job (run or dropped): let go of its callbacks. They close over the
         session, and a final's over the job itself, so a job that kept them would hold its whole session,
         audio included, in a reference cycle until the garbage collector's next full pass."""
-        self.on_done, self.on_text = _released, None
+        self.on_done, self.on_text, self.on_source = _released, None, None
 
 
 def instruction_for(prompts: Prompts, r: Request) -> str:
@@ -199,7 +203,7 @@ class Engine:
                 continue
             t1 = time.perf_counter()
             try:
-                text, words, heard = self._decode(job, enc)
+                text, words, heard, source = self._decode(job, enc)
             except Exception:
                 log.exception("decoding failed (session %s, segment %d)", job.session_key, job.segment_id)
                 self._deliver(job.on_done, "", {"error": "internal"})
@@ -214,20 +218,23 @@ class Engine:
                      "queued_s": started - job.submitted, "words": words}
             if heard is not None:
                 stats["heard"] = heard
+            if source is not None:
+                stats["source"] = source
             if not job.cancelled:
                 self._deliver(job.on_done, text, stats)
             if self.on_stats is not None:
                 self._deliver(self.on_stats, stats)
 
-    def _decode(self, job: Job, encoded: Encoded) -> tuple[str, tuple[Word, ...], str | None]:
-        """The job's text; its words' times (seconds from the utterance's start) where the final has them; and, for
-        a final read by the second pass of hearing, what it heard (for any task; "" where the reading is not sure
-        enough of itself to be shown as stable), else None."""
+    def _decode(self, job: Job, encoded: Encoded) -> tuple[str, tuple[Word, ...], str | None, str | None]:
+        """The job's text; its words' times (seconds from the utterance's start) where the final has them; for a
+        final read by the second pass of hearing, what it heard (for any task; "" where the reading is not sure
+        enough of itself to be shown as stable), else None; and where a text LLM answered, the heard text it
+        answered from (the final's source), else None."""
         if self.ctc_partials and job.kind == "partial":
-            return self.model.heard(encoded, with_lm=False), (), None  # at once; the final reads it with the LM
+            return self.model.heard(encoded, with_lm=False), (), None, None  # at once; the final reads it with the LM
         hearing = self.model.hearing
         if job.kind != "final" or hearing is None:
-            return self._answer(job, encoded, encoded.embeddings), (), None
+            return self._answer(job, encoded, encoded.embeddings), (), None, None
         r = job.request
         heard = self.model.read(job.audio, encoded, terms=r.context, word_times=r.word_times)
         shown = heard.text if hearing.settled(heard) else ""
@@ -235,10 +242,34 @@ class Engine:
             self.finals_refused += 1
             log.info("session %s segment %d: the second pass refused its reading (%s)", job.session_key,
                      job.segment_id, heard.refused)
-            return "", (), shown
+            return "", (), shown, None
         if r.task == "asr" and r.instruction is None:
-            return heard.text, heard.words, shown
-        return self._answer(job, encoded, self.model.text_bridge(heard.text)), (), shown
+            return heard.text, heard.words, shown, None
+        if self.model.text_llm is not None:
+            return self._answer_text(job, heard.text), (), shown, heard.text
+        return self._answer(job, encoded, self.model.text_bridge(heard.text)), (), shown, None
+
+    def _answer_text(self, job: Job, heard: str) -> str:
+        """The text LLM's answer to the job's request about what was heard, streamed as it is decoded."""
+        text_llm = self.model.text_llm
+        assert text_llm is not None
+        r = job.request
+        if job.on_source is not None:
+            self._deliver(job.on_source, heard)
+        shown = ""
+
+        def show(tokens: Sequence[int]) -> None:
+            nonlocal shown
+            text = text_llm.decode(tokens)
+            if text != shown and job.on_text is not None:
+                shown = text
+                self._deliver(job.on_text, text)
+
+        instruction = r.instruction or text_llm.instruction(r.task, r.target_lang, r.question)
+        decoded = text_llm.answer(instruction, heard, self.cfg, cancelled=lambda: job.cancelled, on_token=show)
+        if decoded.stop is Stop.LOOP:
+            log.info("session %s segment %d: output looped; cut", job.session_key, job.segment_id)
+        return text_llm.decode(decoded.tokens)
 
     def _answer(self, job: Job, encoded: Encoded, speech: np.ndarray) -> str:
         """The LLM's answer to the job's request for `speech` (embeddings), streamed as it is decoded."""

@@ -91,6 +91,18 @@ class Partial:
 
 
 @dataclass(frozen=True)
+class Translation:
+    """A final's answer while the text LLM writes it from what was heard (a translation; an answer to a question;
+    a custom instruction's result): `source` is the heard text, whole from the first event on (whose `text` is
+    ""), `text` the answer so far. Sent once the final is confirmed; the Final follows with the whole answer."""
+
+    segment_id: int
+    seq: int
+    source: str
+    text: str
+
+
+@dataclass(frozen=True)
 class Final:
     """The text of an utterance (may be empty: one was heard, nothing recognised). `end` is the end of
     speech; `latency_ms` runs from its arrival to this final (None when the arrival is not known)."""
@@ -104,13 +116,17 @@ class Final:
     latency_ms: int | None
     # Its words with their times in stream seconds, where the request asked for them and the hearing gives them.
     words: tuple[Word, ...] = ()
+    # What was heard, where the text is an answer the text LLM wrote from it (see Translation).
+    source: str | None = None
 
 
 def final_dict(final: Final) -> dict[str, Any]:
-    """A final as JSON: `words` only where it has them."""
+    """A final as JSON: `words` and `source` only where it has them."""
     d = asdict(final)
     if not d["words"]:
         del d["words"]
+    if d["source"] is None:
+        del d["source"]
     return d
 
 
@@ -151,4 +167,4 @@ class Shutdown:
     """The daemon is shutting down: the session closes once what is queued for the client is sent."""
 
 
-Event = Ready | Configured | Onset | Partial | Final | Endpoint | Lost | Error | Done | Shutdown
+Event = Ready | Configured | Onset | Partial | Translation | Final | Endpoint | Lost | Error | Done | Shutdown

@@ -11,7 +11,8 @@ VAD whatever is asked, its settings are the daemon's `[vad]`), `input_audio_buff
 mono, 24 kHz). `input_audio_buffer.commit` and `.clear` are refused with an error event: turns are ended by
 the server VAD. Server -> client: `input_audio_buffer.speech_started`, `.speech_stopped`, `.committed`, then
 `conversation.item.input_audio_transcription.delta` and `.completed` per turn (`.failed` if its decode
-failed), and `error` events (`{"type": "error", "error": {"type", "code", "message", "event_id"}}`).
+failed; a translation's deltas come as the text LLM writes it), and `error` events
+(`{"type": "error", "error": {"type", "code", "message", "event_id"}}`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from tympan.daemon.events import (
     Onset,
     Open,
     Ready,
+    Translation,
 )
 from tympan.daemon.protocol import LANGS, MAX_TEXT, ProtocolError, Request
 
@@ -89,6 +91,7 @@ class RealtimeCodec(Codec):
         self.proposed: tuple[Request, dict[str, Any]] | None = None  # an update the session has not taken yet
         self.items: dict[int, str] = {}  # segment id -> item id
         self.committed: set[int] = set()
+        self.sent: dict[int, str] = {}  # segment id -> the text its deltas have carried so far
         self.previous: str | None = None
         self.events = 0
         self.id = f"sess_{uuid.uuid4().hex[:20]}"
@@ -183,12 +186,21 @@ class RealtimeCodec(Codec):
             previous, self.previous = self.previous, item
             return [self._event("input_audio_buffer.speech_stopped", audio_end_ms=round(ev.end * 1000), item_id=item),
                     self._event("input_audio_buffer.committed", previous_item_id=previous, item_id=item)]
+        if isinstance(ev, Translation):
+            sent = self.sent.get(ev.segment_id, "")
+            if len(ev.text) <= len(sent) or not ev.text.startswith(sent):
+                return []  # deltas only append: a rewritten beginning waits for `.completed`
+            self.sent[ev.segment_id] = ev.text
+            return [self._event("conversation.item.input_audio_transcription.delta", item_id=self._item(ev.segment_id),
+                                content_index=0, delta=ev.text[len(sent):])]
         if isinstance(ev, Final):
             item = self._item(ev.segment_id)
+            sent = self.sent.get(ev.segment_id, "")
             self._forget(ev.segment_id)
             usage = {"type": "duration", "seconds": round(ev.end - ev.start, 3)}
-            return [self._event("conversation.item.input_audio_transcription.delta", item_id=item, content_index=0,
-                                delta=ev.text),
+            rest = ev.text[len(sent):] if ev.text.startswith(sent) else ""
+            return [*([self._event("conversation.item.input_audio_transcription.delta", item_id=item,
+                                   content_index=0, delta=rest)] if rest or not sent else []),
                     self._event("conversation.item.input_audio_transcription.completed", item_id=item,
                                 content_index=0, transcript=ev.text, usage=usage)]
         if isinstance(ev, Lost):
@@ -205,6 +217,7 @@ class RealtimeCodec(Codec):
 
     def _forget(self, segment_id: int) -> None:
         self.items.pop(segment_id, None)
+        self.sent.pop(segment_id, None)
         self.committed.discard(segment_id)
 
     def _error(self, code: str, message: str) -> str:

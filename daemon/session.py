@@ -34,6 +34,7 @@ from tympan.daemon.events import (
     Partial,
     Ready,
     Shutdown,
+    Translation,
 )
 from tympan.daemon.host import SessionHost
 from tympan.daemon.outbox import Connection, Outbox
@@ -252,6 +253,10 @@ class Session:
     def partial(self, partial: Partial) -> None:
         for sink in self.sinks:
             sink.partial(self.id, partial)
+
+    def translation(self, translation: Translation) -> None:
+        for sink in self.sinks:
+            sink.translation(self.id, translation)
 
     def final(self, final: Final) -> None:
         for sink in self.sinks:

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from typing import Protocol
 
 from tympan.daemon.codec import Codec
-from tympan.daemon.events import Event, Final, Partial, final_dict
+from tympan.daemon.events import Event, Final, Partial, Translation, final_dict
 from tympan.daemon.metrics import Counter, Histogram
 from tympan.daemon.mqtt import Publisher
 from tympan.daemon.outbox import Outbox
@@ -22,6 +22,8 @@ HERMES_TEXT_CAPTURED = "hermes/asr/textCaptured"
 
 class Sink(Protocol):
     def partial(self, session_id: str, partial: Partial) -> None: ...
+
+    def translation(self, session_id: str, translation: Translation) -> None: ...
 
     def final(self, session_id: str, final: Final) -> None: ...
 
@@ -33,10 +35,13 @@ class ClientSink:
         self.codec, self.outbox = codec, outbox
 
     def tell(self, event: Event) -> None:
-        self.outbox.put(self.codec.render(event), droppable=isinstance(event, Partial))
+        self.outbox.put(self.codec.render(event), droppable=isinstance(event, Partial | Translation))
 
     def partial(self, session_id: str, partial: Partial) -> None:
         self.tell(partial)
+
+    def translation(self, session_id: str, translation: Translation) -> None:
+        self.tell(translation)
 
     def final(self, session_id: str, final: Final) -> None:
         self.tell(final)
@@ -49,6 +54,9 @@ class FinalsMetrics:
         self.finals, self.latency = finals, latency
 
     def partial(self, session_id: str, partial: Partial) -> None:
+        pass
+
+    def translation(self, session_id: str, translation: Translation) -> None:
         pass
 
     def final(self, session_id: str, final: Final) -> None:
@@ -65,6 +73,10 @@ class MqttSink:
 
     def partial(self, session_id: str, partial: Partial) -> None:
         self.publisher.publish_partial(session_id, {"type": "partial", **asdict(partial)})
+
+    def translation(self, session_id: str, translation: Translation) -> None:
+        # Best effort like partials, on the same topic: the final carries the whole answer and its source.
+        self.publisher.publish_partial(session_id, {"type": "translation", **asdict(translation)})
 
     def final(self, session_id: str, final: Final) -> None:
         self.publisher.publish_final(session_id, {"type": "final", **final_dict(final)})
@@ -88,6 +100,9 @@ class HermesSink:
         self.publisher, self.site = publisher, site
 
     def partial(self, session_id: str, partial: Partial) -> None:
+        pass
+
+    def translation(self, session_id: str, translation: Translation) -> None:
         pass
 
     def final(self, session_id: str, final: Final) -> None:

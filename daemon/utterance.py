@@ -25,7 +25,9 @@ agreement and is numbered (seq).
 With a second pass of hearing (`stable_from_hearing`), partials are the first pass's draft and only what Whisper
 has read is shown as stable: when speech resumes after a pause whose speculative final was decoded, Whisper's
 reading of the audio up to the pause becomes the partials' stable prefix (the anchor), and the first pass reads
-only the audio after it.
+only the audio after it. Where a text LLM answers from what was heard (a translation), the final's decode reports
+the heard text first (its source) and then the answer's tokens: once confirmed they go out as Translation events,
+never as partials, so the partials stay what was heard.
 
 Results reach the session through its Owner; decodes go to the engine as Jobs, whose callbacks
 drive the transitions `decoded` and `failed`. Results of a cancelled or replaced decode are ignored.
@@ -39,7 +41,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from tympan.daemon.engine import Job
-from tympan.daemon.events import Final, Partial
+from tympan.daemon.events import Final, Partial, Translation
 from tympan.daemon.protocol import Request
 from tympan.daemon.text import LocalAgreement
 from tympan.runtime.whisper import Word
@@ -71,6 +73,8 @@ class Owner(Protocol):
 
     def partial(self, partial: Partial) -> None: ...
 
+    def translation(self, translation: Translation) -> None: ...
+
     def final(self, final: Final) -> None: ...
 
     def failed(self, segment_id: int) -> None:
@@ -99,6 +103,7 @@ class Utterance:
         self.anchor: tuple[str, int] | None = None  # Whisper's reading of the first samples: (text, samples)
         self.anchoring: Job | None = None  # a speculation that speech resumed during: the next anchor
         self.streamed = ""  # the final decode's text so far, shown once confirmed
+        self.source: str | None = None  # what the final's decode heard, where a text LLM answers from it
         self.speech_end = 0.0  # known at the endpoint
         self.agreement = LocalAgreement(request.target_lang)
         self.seq = 0
@@ -133,7 +138,9 @@ class Utterance:
             self._decode_final(audio, speech_end)  # speech went on after the pause, or there was none
         text = self.decoded_text
         self.state = State.CONFIRMED
-        if self.streamed:
+        if self.source is not None and text is None:
+            self._translating(self.streamed)
+        elif self.streamed and self.source is None:
             self._show(self.streamed, speech_end)
         if text is not None:
             self._finish(text, self.decoded_words)
@@ -171,8 +178,9 @@ class Utterance:
         self._cancel()
         job = Job(self.key, self.segment_id, "final", audio.copy(), self.request,
                   on_done=lambda text, stats: self._decoded(job, text, stats),
-                  on_text=lambda text: self._decoding(job, text))
-        self.decode, self.decode_end, self.streamed = job, speech_end, ""
+                  on_text=lambda text: self._decoding(job, text),
+                  on_source=lambda source: self._heard(job, source))
+        self.decode, self.decode_end, self.streamed, self.source = job, speech_end, "", None
         self.state = State.SPECULATING
         self.owner.submit(job)
 
@@ -184,19 +192,29 @@ class Utterance:
     def _cancel(self) -> None:
         if self.decode is not None:
             self.decode.cancelled = True
-        self.decode = self.decode_end = self.decoded_text = self.decoded_heard = None
+        self.decode = self.decode_end = self.decoded_text = self.decoded_heard = self.source = None
         self.decoded_words = ()
 
     def _current(self, job: Job) -> bool:
         """`job` is the final's decode, and still running."""
         return job is self.decode and not job.cancelled and self.state in RUNNING
 
+    def _heard(self, job: Job, source: str) -> None:
+        if not self._current(job):
+            return
+        self.source = source
+        if self.state is State.CONFIRMED:
+            self._translating("")
+
     def _decoding(self, job: Job, text: str) -> None:
         if not self._current(job):
             return
         self.streamed = text
         if self.state is State.CONFIRMED:
-            self._show(text, self.speech_end)
+            if self.source is not None:
+                self._translating(text)
+            else:
+                self._show(text, self.speech_end)
 
     def _decoded(self, job: Job, text: str, stats: dict[str, Any]) -> None:
         if job is self.anchoring:
@@ -207,6 +225,8 @@ class Utterance:
             return
         if not self._current(job):
             return
+        if stats.get("source") is not None:
+            self.source = stats["source"]
         if stats.get("error"):
             self.state = State.FAILED
             self.owner.failed(self.segment_id)
@@ -230,12 +250,17 @@ class Utterance:
         self.seq += 1
         self.owner.partial(Partial(self.segment_id, self.seq, text, stable, round(self.start, 3), round(end, 3)))
 
+    def _translating(self, text: str) -> None:
+        assert self.source is not None
+        self.seq += 1
+        self.owner.translation(Translation(self.segment_id, self.seq, self.source, text))
+
     def _finish(self, text: str, words: tuple[Word, ...] = ()) -> None:
         self.state = State.FINAL
         # Sent even when empty (as Vosk does): an utterance was heard, nothing was recognised.
         self.owner.final(Final(self.segment_id, text, self.request.task, self.request.target_lang,
                                round(self.start, 3), round(self.speech_end, 3), self.owner.latency_ms(self.speech_end),
-                               tuple(w.shifted(self.start) for w in words)))
+                               tuple(w.shifted(self.start) for w in words), self.source))
 
     def _expect(self, states: frozenset[State], event: str) -> None:
         if self.state not in states:

@@ -12,6 +12,8 @@ BUNDLE/
   tokenizer/        tokenizer.json and friends
   hearing/          with hearing.kind "whisper": Whisper's CTranslate2 files (model.bin, config.json,
                     tokenizer.json), the second pass that writes the finals' words
+  text_llm/         with text_llm.checkpoint: the LLM that answers from the heard text, one ONNX graph
+                    (int8), its float16 embedding table and tokenizer.json (export/text_llm.py)
 
 The phases: check the request, prepare (load the checkpoint, pick the verification inputs, compute the
 checkpoint's reference outputs), write the encoder, the LLM and the tokenizer, write the manifest, verify the
@@ -38,6 +40,7 @@ from tympan.audio import load_audio
 from tympan.checksum import sha256_file
 from tympan.errors import TympanError
 from tympan.export.encoder_graph import INPUTS, OPSET, export_encoder, outputs, torch_embeddings
+from tympan.export.text_llm import TextLlmExportError, write_text_llm
 from tympan.manifest import Example, load_manifests
 from tympan.runtime.bundle import Bundle, load_bundle
 from tympan.runtime.bundle_manifest import (
@@ -106,8 +109,13 @@ def export_bundle(
         llm = write_llm(prep, tmp, llm_runtime)
         lm = write_lm(prep, tmp)
         hearing = write_hearing(prep, tmp)
+        try:
+            text_llm = write_text_llm(prep.model.cfg.text_llm, prep.model.cfg.resolve, tmp)
+        except TextLlmExportError as e:
+            raise ExportError(str(e)) from None
         encoder_file = write_int8_encoder(tmp) if quantize == "int8" else FP32_ENCODER
-        manifest = write_manifest(tmp, replace(describe(prep, encoder_file, quantize, llm), lm=lm, hearing=hearing))
+        manifest = write_manifest(tmp, replace(describe(prep, encoder_file, quantize, llm), lm=lm, hearing=hearing,
+                                               text_llm=text_llm))
         served = verify(tmp, prep)
         manifest = replace(manifest, verification=Verification(
             inputs=[e.id for e in prep.examples], encoder_max_abs_diff=encoder_diff, greedy_tokens_identical=True))

@@ -24,6 +24,7 @@ all-position logits, and took 9.8 s against 0.4 s for this route on the tiny tes
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -48,6 +49,7 @@ from tympan.runtime.bundle_manifest import (
 
 INFO_FILE = "llm_onnx.json"
 GRAPH_FILE = "llm.onnx"
+QUANTIZED_GRAPH_FILES = {"int8": "llm.int8.onnx", "int4": "llm.int4.onnx"}
 EMBED_FILE = "embed_tokens.npy"
 WEIGHTS_FILE = "weights.bin"
 # Files of format version 1, removed from out_dir so that a re-export leaves no stale graphs beside the new one.
@@ -182,6 +184,21 @@ def _finish_graph(src: Path, dst: Path, weights: Path | None) -> None:
     onnx.save(model, str(dst))
 
 
+def quantize_graph(src: Path, dst: Path, bits: int = 8) -> None:
+    """`bits`-bit weights for every MatMul, a scale per block of 32 inputs (onnxruntime's MatMulNBits, symmetric,
+    int8 compute), into one self-contained file. Measured on Qwen2.5-Coder-0.5B's chat prompt, last-position logits
+    against PyTorch fp32: correlation 0.9997 and the same top 5 with 8 bits; 0.969 with 4 bits; 0.925 with int8
+    and a scale per tensor (operator MatMulInteger: one outlier row flattens the rest), whose first German token
+    was another. fp32 compute (accuracy level 1) ran a decode step 40x slower."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), bits=bits, block_size=32, is_symmetric=True,
+                                     accuracy_level=4)
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(dst), False)
+
+
 def _shape(value: onnx.ValueInfoProto) -> list[int | str]:
     """A graph input's or output's shape: ints for fixed axes, names for dynamic ones."""
     return [d.dim_param or int(d.dim_value) for d in value.type.tensor_type.shape.dim]
@@ -217,6 +234,7 @@ def export_llm_onnx(
     *,
     external_data: bool | None = None,
     embed_dtype: str = "float32",
+    quantize: str | None = None,
 ) -> LlmOnnx:
     """Write ``llm.onnx`` and ``embed_tokens.npy`` (+ ``weights.bin`` when external) to ``out_dir``, and
     ``llm_onnx.json`` holding the returned description, which ``tympan.runtime.onnx_llm.OnnxLLM`` takes.
@@ -224,10 +242,15 @@ def export_llm_onnx(
     ``external_data``: None = only when the weights exceed ~1.5 GB (protobuf's 2 GiB limit); the graph's large
     tensors then go to one ``weights.bin``. ``embed_dtype``: "float32" (exact) or "float16" (half the size; every
     embedding fed to the graph, prompt text and generated tokens, is then rounded to float16).
+    ``quantize="int8"`` (or ``"int4"``): the graph served is ``llm.int8.onnx`` (``llm.int4.onnx``), block-wise
+    quantized weights of every MatMul (``quantize_graph``; the fp32 graph is not kept): a decode step reads a
+    quarter (an eighth) of the bytes.
     """
     _check_model(model)
     if embed_dtype not in ("float32", "float16"):
         raise ValueError(f"embed_dtype must be 'float32' or 'float16', got {embed_dtype!r}")
+    if quantize is not None and quantize not in QUANTIZED_GRAPH_FILES:
+        raise ValueError(f"quantize must be None, 'int8' or 'int4', got {quantize!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = model.config
@@ -271,21 +294,28 @@ def export_llm_onnx(
             opset_version=opset,
             dynamo=False,
         )
-        _finish_graph(tmp / GRAPH_FILE, out_dir / GRAPH_FILE, out_dir / WEIGHTS_FILE if external_data else None)
-    stale = [*_V1_FILES, *([] if external_data else [WEIGHTS_FILE])]
+        if quantize is not None:
+            _finish_graph(tmp / GRAPH_FILE, tmp / "fp32.onnx", tmp / WEIGHTS_FILE if external_data else None)
+            graph_file, external_data = QUANTIZED_GRAPH_FILES[quantize], False
+            quantize_graph(tmp / "fp32.onnx", out_dir / graph_file, bits=8 if quantize == "int8" else 4)
+        else:
+            _finish_graph(tmp / GRAPH_FILE, out_dir / GRAPH_FILE, out_dir / WEIGHTS_FILE if external_data else None)
+            graph_file = GRAPH_FILE
+    stale = [*_V1_FILES, *([] if external_data else [WEIGHTS_FILE]),
+             *({GRAPH_FILE, *QUANTIZED_GRAPH_FILES.values()} - {graph_file})]
     for name in stale:  # left by an earlier export, they would mislead
         (out_dir / name).unlink(missing_ok=True)
 
     table = model.get_input_embeddings().weight.detach().cpu().numpy().astype(embed_dtype)
     np.save(out_dir / EMBED_FILE, table)
 
-    graph = _describe_graph(out_dir / GRAPH_FILE, num_layers)
+    graph = _describe_graph(out_dir / graph_file, num_layers)
     info = LlmOnnx(
         format=LLM_ONNX_FORMAT,
         format_version=LLM_ONNX_FORMAT_VERSION,
         model_type=str(getattr(config, "model_type", "")),
         opset=opset,
-        files=[GRAPH_FILE, EMBED_FILE] + ([WEIGHTS_FILE] if external_data else []),
+        files=[graph_file, EMBED_FILE] + ([WEIGHTS_FILE] if external_data else []),
         external_data=WEIGHTS_FILE if external_data else None,
         graph=graph,
         usage={
@@ -303,7 +333,7 @@ def export_llm_onnx(
         vocab_size=vocab,
         hidden_size=hidden,
         max_position_embeddings=int(getattr(config, "max_position_embeddings", 0) or 0),
-        dtype="float32",
+        dtype=quantize or "float32",
         cache_layout="batch, kv_heads, seq, head_dim",
     )
     (out_dir / INFO_FILE).write_text(json.dumps(info.to_json(), indent=2) + "\n")

@@ -68,6 +68,15 @@ def test_a_stop_token_ends_decoding_and_is_not_returned() -> None:
     assert decode([])[0].tokens == []
 
 
+def test_an_ended_answer_keeps_its_last_token_and_costs_no_further_step() -> None:
+    shown: list[list[int]] = []
+    decoded, calls = decode([5, 6, 7, 8], ended=lambda tokens: tokens[-1] == 7,
+                            on_token=lambda t: shown.append(list(t)))
+    # The closing token (".\n" for Qwen) carries text: it stays, and no model call follows it.
+    assert (decoded.tokens, decoded.stop, calls) == ([5, 6, 7], Stop.ENDED, 3)
+    assert shown == [[5], [5, 6]]
+
+
 def test_the_limit_ends_decoding_without_a_step_nobody_reads() -> None:
     decoded, calls = decode(list(range(1, 40)), DecodeSettings(max_new_tokens=3))
     assert (decoded.tokens, decoded.stop, calls) == ([1, 2, 3], Stop.LIMIT, 3)

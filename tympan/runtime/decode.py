@@ -65,6 +65,7 @@ class Stop(enum.Enum):
     LOOP = "loop"  # the loop guard fired; the repeats were cut off
     CANCELLED = "cancelled"  # the caller's `cancelled()` said so
     NOTHING_HEARD = "nothing_heard"  # a CTC bridge recognised no token: no decode, no answer (not a guess)
+    ENDED = "ended"  # the caller's `ended(tokens)` said the answer is complete (its last token included)
 
 
 @dataclass(frozen=True)
@@ -139,9 +140,12 @@ def greedy_decode(
     *,
     cancelled: Callable[[], bool] | None = None,
     on_token: Callable[[Sequence[int]], None] | None = None,
+    ended: Callable[[Sequence[int]], bool] | None = None,
 ) -> Decoded:
     """Greedy tokens for one prompt. `cancelled` is asked after every model call; `on_token(tokens)` gets the
-    tokens so far after each new one (loops already cut; the list is the decoder's own: read, do not keep)."""
+    tokens so far after each new one (loops already cut; the list is the decoder's own: read, do not keep);
+    `ended(tokens)`, asked after each new token, ends the decode without another model call (a token that closes
+    the answer but carries text too, such as ".\n", cannot be a stop id)."""
     embeds = check_inputs(inputs_embeds, llm.hidden_size)
     stops = frozenset(int(i) for i in stop_ids)
     tokens: list[int] = []
@@ -157,6 +161,8 @@ def greedy_decode(
         if looped:
             del tokens[-looped:]
             return Decoded(tokens, Stop.LOOP)
+        if ended is not None and ended(tokens):
+            return Decoded(tokens, Stop.ENDED)
         if on_token is not None:
             on_token(tokens)
         if len(tokens) == settings.max_new_tokens:

@@ -107,6 +107,20 @@ class OnnxLLM:
         )
         return outputs[0].numpy()[0, -1], (outputs[1:], length)
 
+    def extend(self, inputs_embeds: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
+        """More prompt, (positions, hidden) float32, after the cache `state` (a prefill's or an extend's): the next
+        position's logits and the grown state. `state` itself is left as it was (the graph writes new tensors), so
+        a cached prompt prefix can be extended again and again."""
+        past, length = state
+        seq = inputs_embeds.shape[0]
+        outputs = self.run(
+            inputs_embeds[None],
+            np.ones((1, length + seq), np.int64),
+            np.arange(length, length + seq, dtype=np.int64)[None],
+            past,
+        )
+        return outputs[0].numpy()[0, -1], (outputs[1:], length + seq)
+
     def step(self, token: int, state: Any) -> tuple[np.ndarray, Any]:
         """The token's embedding row against the cache as OrtValues straight from the previous run."""
         past, length = state

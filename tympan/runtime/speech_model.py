@@ -2,8 +2,9 @@
 
 encoder (ONNX) -> speech embeddings; prompt tokens embedded around them; the runtime's greedy decode loop.
 With a second pass of hearing (the bundle's `hearing`, tympan/runtime/whisper.py), Whisper's decoder writes a
-final's words: ASR serves them, and the other tasks give them to the LLM as the embedding rows of their tokens (the
-text bridge), in the spoken form the LLM learnt from the CTC bridge.
+final's words: ASR serves them, and the other tasks give them to the bundle's text LLM as text in its chat template
+(tympan/runtime/text_llm.py), or, in a bundle without one, to the speech LLM as the embedding rows of their tokens
+(the text bridge), in the spoken form the LLM learnt from the CTC bridge.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tympan.runtime.grounding import held
 from tympan.runtime.llm import load_llm
 from tympan.runtime.onnx_encoder import Encoded, OnnxEncoder
 from tympan.runtime.prompt import Prompts
+from tympan.runtime.text_llm import TextLLM
 from tympan.runtime.whisper import Heard, HearingError, HearingSettings, WhisperHearing
 from tympan.spoken import ctc_target
 
@@ -31,12 +33,38 @@ class SpeechModel:
         self.bundle = bundle
         self.encoder = OnnxEncoder(bundle, threads, file=encoder_file)
         self.prompts = Prompts(bundle)
-        self.llm: StepLLM = load_llm(bundle, threads)
-        if self.llm.hidden_size != self.encoder.embedding_dim:
-            raise BundleError(f"{bundle.path}: encoder gives {self.encoder.embedding_dim}-dim embeddings, "
-                             f"the LLM takes {self.llm.hidden_size}")
+        self.threads = threads
+        self._llm: StepLLM | None = None
         self.lm = self._load_lm()
         self.hearing = self._load_hearing(threads)
+        self.text_llm = self._load_text_llm(threads)
+        if self.text_llm is None:
+            self._llm = self._load_speech_llm()
+        # With a text LLM and a second pass, the speech LLM answers only what a deployment asks of it alone (LLM
+        # partials): it is loaded on first use, and its memory is not spent otherwise.
+
+    @property
+    def llm(self) -> StepLLM:
+        """The speech LLM (it reads the encoder's embeddings)."""
+        if self._llm is None:
+            self._llm = self._load_speech_llm()
+        return self._llm
+
+    def _load_speech_llm(self) -> StepLLM:
+        llm = load_llm(self.bundle, self.threads)
+        if llm.hidden_size != self.encoder.embedding_dim:
+            raise BundleError(f"{self.bundle.path}: encoder gives {self.encoder.embedding_dim}-dim embeddings, "
+                             f"the LLM takes {llm.hidden_size}")
+        return llm
+
+    def _load_text_llm(self, threads: int | None) -> TextLLM | None:
+        entry = self.bundle.manifest.text_llm
+        if entry is None:
+            return None
+        if self.hearing is None:
+            raise BundleError(f"{self.bundle.path}: the bundle has a text LLM but no second pass of hearing to give "
+                              "it text")
+        return TextLLM(self.bundle.path / entry.dir, entry, threads)
 
     def _load_hearing(self, threads: int | None) -> WhisperHearing | None:
         entry = self.bundle.manifest.hearing
@@ -153,11 +181,17 @@ class SpeechModel:
                 return replace(heard, text="", tokens=[], words=(), refused="unconfirmed")
         return heard
 
+    def instruction(self, task: str, tgt_lang: str, question: str | None = None) -> str:
+        """The bundle's instruction for a task: the text LLM's where it answers, else the speech LLM's."""
+        if self.text_llm is not None and task != "asr":
+            return self.text_llm.instruction(task, tgt_lang, question)
+        return self.prompts.instruction(task, tgt_lang, question)
+
     def respond(self, audio: np.ndarray, instruction: str, settings: DecodeSettings = DEFAULT_SETTINGS,
                 task: str | None = None, terms: str | None = None) -> str:
         """Audio in, text out, decoded as the daemon decodes (its default limits and loop guard); with `task`
         "asr", held to what was heard as the daemon holds its ASR answers, or, with a second pass of hearing,
-        Whisper's words as they are."""
+        Whisper's words as they are. `instruction`: `instruction()`'s for the task, or the caller's own."""
         (encoded,) = self.encode([audio])
         if self.hearing is not None:
             heard = self.read(audio, encoded, terms)
@@ -165,6 +199,8 @@ class SpeechModel:
                 return ""
             if task == "asr":
                 return heard.text
+            if self.text_llm is not None:
+                return self.text_llm.decode(self.text_llm.answer(instruction, heard.text, settings).tokens)
             return self.prompts.decode(self.decode(self.text_bridge(heard.text), instruction, settings).tokens)
         answer = self.prompts.decode(self.decode(encoded.embeddings, instruction, settings).tokens)
         return self.ground(answer, encoded, settings)[0] if task == "asr" else answer

@@ -1,0 +1,112 @@
+"""The bundle's text LLM (`text_llm/`): an instruction-tuned LLM exported to one ONNX graph with its tokenizer and
+chat template, checked against PyTorch before the bundle is published.
+
+Checks: the chat frame the daemon renders (tympan/runtime/text_llm.py) gives the same text as the model's own chat
+template, and the bundle's tokenizer the same tokens; the served graph (int8 by default) gives next-token logits
+close to the fp32 model's in PyTorch for each verification prompt (`_verify`), and a non-empty answer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tympan.errors import TympanError
+from tympan.runtime.bundle_manifest import BundleError, ChatTemplate, TextLlm
+from tympan.tasks import TEXT_INSTRUCTIONS
+from tympan.training.recipe import TextLlmConfig
+
+TEXT_LLM_DIR = "text_llm"
+TOKENIZER_FILE = "tokenizer.json"
+# What the verification translates: short, plain, one per target language.
+CHECK_TEXT = "The meeting starts at ten tomorrow morning."
+# Measured on Qwen2.5-Coder-0.5B int8: 0.9997 (export/llm_graph.py quantize_graph); 0.925 is per-tensor int8,
+# whose first German token was another.
+MIN_CORRELATION = 0.99
+
+
+class TextLlmExportError(TympanError, RuntimeError):
+    """The text LLM cannot be exported, or the exported graph does not answer as the model does."""
+
+
+def write_text_llm(cfg: TextLlmConfig, resolve_path: Callable[[str], Path], tmp: Path,
+                   say: Callable[[str], None] = print) -> TextLlm | None:
+    """Export `cfg.checkpoint` into `tmp/text_llm` and verify it; None when the recipe names no text LLM."""
+    if not cfg.checkpoint:
+        return None
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tympan.export.llm_graph import export_llm_onnx
+    from tympan.runtime.text_llm import CHAT_FRAMES
+    from tympan.training.model.base_models import PREFIX, resolve
+
+    started = time.perf_counter()
+    source = resolve(cfg.checkpoint) if cfg.checkpoint.startswith(PREFIX) else str(resolve_path(cfg.checkpoint))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    except (OSError, ValueError) as e:
+        raise TextLlmExportError(f"text_llm.checkpoint = {cfg.checkpoint!r}: cannot load {source}: {e}") from None
+    model_type = str(model.config.model_type)
+    if model_type not in CHAT_FRAMES:
+        raise TextLlmExportError(f"text_llm.checkpoint = {cfg.checkpoint!r}: no chat frame for LLMs of type "
+                                 f"{model_type!r} (known: {', '.join(CHAT_FRAMES)})")
+    frame = CHAT_FRAMES[model_type]
+    instruction = TEXT_INSTRUCTIONS["st"]["de"]
+    ours = frame.render(instruction, CHECK_TEXT)
+    theirs = tokenizer.apply_chat_template([{"role": "user", "content": f"{instruction}\n\n{CHECK_TEXT}"}],
+                                           tokenize=False, add_generation_prompt=True)
+    if ours != theirs:
+        raise TextLlmExportError(f"text_llm.checkpoint = {cfg.checkpoint!r}: the chat frame for {model_type!r} "
+                                 f"renders {ours!r}, the model's template {theirs!r}")
+    stop_ids = sorted({i for i in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                                   tokenizer.convert_tokens_to_ids("<|endoftext|>"))
+                       if isinstance(i, int) and i != tokenizer.unk_token_id})
+    out = tmp / TEXT_LLM_DIR
+    # float16 embedding rows: half the file (the table is 0.5-0.9 GB for Qwen2.5's 152k tokens), memory-mapped.
+    onnx = export_llm_onnx(model, out, quantize=None if cfg.quantize == "none" else cfg.quantize,
+                           embed_dtype="float16")
+    tokenizer.backend_tokenizer.save(str(out / TOKENIZER_FILE))
+    entry = TextLlm(dir=TEXT_LLM_DIR, source=cfg.checkpoint, model_type=model_type, tokenizer=TOKENIZER_FILE,
+                    frame=ChatTemplate(before=frame.before, between=frame.between, after=frame.after),
+                    instructions=TEXT_INSTRUCTIONS, stop_ids=stop_ids, max_new_tokens=cfg.max_new_tokens, onnx=onnx)
+    correlation = _verify(model, tokenizer, out, entry)
+    say(f"text LLM {cfg.checkpoint} ({model_type}, {cfg.quantize}) exported and verified in "
+        f"{time.perf_counter() - started:.0f} s (next-token logits correlate >= {correlation:.4f} with PyTorch fp32)")
+    return entry
+
+
+def _verify(model: object, tokenizer: object, directory: Path, entry: TextLlm) -> float:
+    """The served graph against the fp32 model on each ST prompt: the next-token logits after the prompt correlate
+    >= MIN_CORRELATION and the model's first token is among the graph's top 5 (int8 may swap near-ties: on a tiny
+    random model most of 152k logits are near-ties), and the served decode writes a non-empty answer. Returns the
+    lowest correlation."""
+    import numpy as np
+    import torch
+
+    from tympan.runtime.text_llm import TextLLM
+
+    try:
+        served = TextLLM(directory, entry)
+    except BundleError as e:
+        raise TextLlmExportError(str(e)) from None
+    lowest = 1.0
+    for lang, instruction in entry.instructions["st"].items():
+        ids = served.prompt_ids(instruction, CHECK_TEXT)
+        expected = tokenizer(served.frame.render(instruction, CHECK_TEXT), add_special_tokens=False)  # type: ignore[operator]
+        if ids != expected.input_ids:
+            raise TextLlmExportError(f"text LLM: the bundle's tokenizer splits the {lang} prompt differently")
+        with torch.no_grad():
+            reference = model(input_ids=torch.tensor([ids])).logits[0, -1].numpy()  # type: ignore[operator]
+        logits, _ = served.llm.prefill(served.llm.embed(ids))
+        correlation = float(np.corrcoef(logits, reference)[0, 1])
+        lowest = min(lowest, correlation)
+        if correlation < MIN_CORRELATION or int(reference.argmax()) not in np.argsort(-logits)[:5]:
+            raise TextLlmExportError(f"text LLM: the exported graph's next-token logits for the {lang} prompt "
+                                     f"correlate {correlation:.4f} with the model's (at least {MIN_CORRELATION} "
+                                     "wanted, the model's token among the graph's top 5)")
+        if not served.decode(served.answer(instruction, CHECK_TEXT).tokens):
+            raise TextLlmExportError(f"text LLM: the exported graph gives no {lang} translation of {CHECK_TEXT!r}")
+    return lowest
