@@ -2,6 +2,7 @@
 the daemon's CPU and memory, per target language, in one run.
 
     .venv/bin/python benchmarks/translation.py [--bundle DIR] [--threads 2] [--langs de,it,zh] [--limit N]
+        [--manifest JSONL]
 
 `tympan serve` on a free loopback port with `server.threads` = `--threads`; each real recording is streamed in its
 own session at real-time pace (0.5 s of silence, the recording, 1.5 s of silence) with `{"task": "st",
@@ -29,6 +30,7 @@ from common import (
     Utterance,
     cpu_model,
     cpu_seconds,
+    manifest_utterances,
     quantile,
     real_utterances,
     rss_bytes,
@@ -56,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bundle", type=Path, help="the bundle to serve (default: the default bundle)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--langs", default="de,it,zh")
+    p.add_argument("--manifest", type=Path, help="the ASR lines of this manifest instead of the real recordings")
     p.add_argument("--limit", type=int, default=0, help="only the first N recordings")
     p.add_argument("--show", type=int, default=3, help="print N translations per language")
     args = p.parse_args(argv)
@@ -68,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     bundle = args.bundle or default_bundle()
     entry = load_bundle(bundle).manifest.text_llm
     tokenizer = Tokenizer.from_file(str(bundle / entry.dir / entry.tokenizer)) if entry is not None else None
-    utterances = real_utterances()
+    utterances = manifest_utterances(args.manifest) if args.manifest else real_utterances()
     utterances = utterances[: args.limit] if args.limit else utterances
     speech = sum(u.seconds for u in utterances)
     env = {"TYMPAN_SERVER_THREADS": str(args.threads), "TYMPAN_SERVER_HOST": "127.0.0.1"}
@@ -87,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             for u, (_, text) in list(zip(utterances, results, strict=True))[: args.show]:
                 print(f"{lang} | {u.text} -> {text}")
     print()
-    print(f"{len(utterances)} real recordings ({speech:.1f} s of speech) per language; bundle {bundle.name} "
+    what = f"ASR lines of {args.manifest.name}" if args.manifest else "real recordings"
+    print(f"{len(utterances)} {what} ({speech:.1f} s of speech) per language; bundle {bundle.name} "
           f"(text LLM: {entry.source if entry else 'none'}); {args.threads} threads; {cpu_model()}, "
           f"{os.cpu_count()} cores")
     print()

@@ -57,6 +57,9 @@ class Job:
     # Called on the event loop with what a final's second pass heard, before a text LLM answers from it.
     on_source: Callable[[str], None] | None = None
     cancelled: bool = False
+    # False once only what the final's second pass heard is wanted (a speculation speech resumed after: it anchors
+    # the partials, its answer would be thrown away): the LLM's answer is cut short, or not begun.
+    answer_wanted: bool = True
     submitted: float = field(default_factory=time.monotonic)
 
     def release(self) -> None:
@@ -245,6 +248,8 @@ class Engine:
             return "", (), shown, None
         if r.task == "asr" and r.instruction is None:
             return heard.text, heard.words, shown, None
+        if not job.answer_wanted:
+            return "", (), shown, None
         if self.model.text_llm is not None:
             return self._answer_text(job, heard.text), (), shown, heard.text
         return self._answer(job, encoded, self.model.text_bridge(heard.text)), (), shown, None
@@ -266,7 +271,8 @@ class Engine:
                 self._deliver(job.on_text, text)
 
         instruction = r.instruction or text_llm.instruction(r.task, r.target_lang, r.question)
-        decoded = text_llm.answer(instruction, heard, self.cfg, cancelled=lambda: job.cancelled, on_token=show)
+        decoded = text_llm.answer(instruction, heard, self.cfg,
+                                  cancelled=lambda: job.cancelled or not job.answer_wanted, on_token=show)
         if decoded.stop is Stop.LOOP:
             log.info("session %s segment %d: output looped; cut", job.session_key, job.segment_id)
         return text_llm.decode(decoded.tokens)
@@ -285,7 +291,8 @@ class Engine:
                 self._deliver(job.on_text, text)
 
         stream = job.on_text is not None and not self.ctc_partials
-        decoded = self.model.decode(speech, instruction, self.cfg, cancelled=lambda: job.cancelled,
+        decoded = self.model.decode(speech, instruction, self.cfg,
+                                    cancelled=lambda: job.cancelled or not job.answer_wanted,
                                     on_token=show if stream else None)
         if decoded.stop is Stop.LOOP:
             log.info("session %s segment %d: output looped; cut", job.session_key, job.segment_id)

@@ -103,7 +103,9 @@ class Daemon:
                            "tasks": m.tasks, "sample_rate": self.model.sample_rate,
                            # Who writes the finals' words, and whether they come with times.
                            "hearing": m.hearing.kind if m.hearing is not None else "ctc",
-                           "word_times": self.model.hearing is not None and self.model.hearing.has_alignment_heads}
+                           "word_times": self.model.hearing is not None and self.model.hearing.has_alignment_heads,
+                           # Who answers from the heard text (translation, questions), if not the speech LLM.
+                           "text_llm": m.text_llm.source if m.text_llm is not None else None}
         limits = self.cfg.limits
         self.limits_info = {"max_frame_bytes": limits.max_frame_bytes, "max_session_s": limits.max_session_s,
                             "idle_timeout_s": limits.idle_timeout_s, "max_utterance_s": self.cfg.vad.max_utterance_s}

@@ -125,8 +125,10 @@ class Utterance:
         if self.state is State.SPECULATED and self.stable_from_hearing and self.decoded_heard and self.decode:
             self.anchor = (self.decoded_heard, len(self.decode.audio))
         elif self.state is State.SPECULATING and self.stable_from_hearing and self.decode is not None:
-            # Its reading of the audio up to the pause is still good: it becomes the anchor when it comes.
+            # Its reading of the audio up to the pause is still good: it becomes the anchor when it comes. Its answer
+            # (a translation) is not: the utterance goes on.
             self.anchoring, self.decode = self.decode, None
+            self.anchoring.answer_wanted = False
         self._cancel()
         self.state = State.LISTENING
 

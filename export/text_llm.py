@@ -21,9 +21,11 @@ TEXT_LLM_DIR = "text_llm"
 TOKENIZER_FILE = "tokenizer.json"
 # What the verification translates: short, plain, one per target language.
 CHECK_TEXT = "The meeting starts at ten tomorrow morning."
-# Measured on Qwen2.5-Coder-0.5B int8: 0.9997 (export/llm_graph.py quantize_graph); 0.925 is per-tensor int8,
-# whose first German token was another.
-MIN_CORRELATION = 0.99
+# The least correlation of the served graph's next-token logits with PyTorch fp32's, by quantization: a bound
+# that catches a broken graph (unrelated logits correlate near 0), not a measure of quality, which is
+# benchmarks/llm_choice.py's. Measured: int8 0.9997 (Qwen2.5-Coder-0.5B); int4 0.976-0.981 (1.5B, whose
+# translations held: docs/translation.md) and 0.969 (0.5B, whose German fell from chrF 40 to 24.5).
+MIN_CORRELATION = {"none": 0.999, "int8": 0.98, "int4": 0.95}
 
 
 class TextLlmExportError(TympanError, RuntimeError):
@@ -72,15 +74,15 @@ def write_text_llm(cfg: TextLlmConfig, resolve_path: Callable[[str], Path], tmp:
     entry = TextLlm(dir=TEXT_LLM_DIR, source=cfg.checkpoint, model_type=model_type, tokenizer=TOKENIZER_FILE,
                     frame=ChatTemplate(before=frame.before, between=frame.between, after=frame.after),
                     instructions=TEXT_INSTRUCTIONS, stop_ids=stop_ids, max_new_tokens=cfg.max_new_tokens, onnx=onnx)
-    correlation = _verify(model, tokenizer, out, entry)
+    correlation = _verify(model, tokenizer, out, entry, MIN_CORRELATION[cfg.quantize])
     say(f"text LLM {cfg.checkpoint} ({model_type}, {cfg.quantize}) exported and verified in "
         f"{time.perf_counter() - started:.0f} s (next-token logits correlate >= {correlation:.4f} with PyTorch fp32)")
     return entry
 
 
-def _verify(model: object, tokenizer: object, directory: Path, entry: TextLlm) -> float:
+def _verify(model: object, tokenizer: object, directory: Path, entry: TextLlm, least: float) -> float:
     """The served graph against the fp32 model on each ST prompt: the next-token logits after the prompt correlate
-    >= MIN_CORRELATION and the model's first token is among the graph's top 5 (int8 may swap near-ties: on a tiny
+    >= `least` and the model's first token is among the graph's top 5 (int8 may swap near-ties: on a tiny
     random model most of 152k logits are near-ties), and the served decode writes a non-empty answer. Returns the
     lowest correlation."""
     import numpy as np
@@ -103,10 +105,10 @@ def _verify(model: object, tokenizer: object, directory: Path, entry: TextLlm) -
         logits, _ = served.llm.prefill(served.llm.embed(ids))
         correlation = float(np.corrcoef(logits, reference)[0, 1])
         lowest = min(lowest, correlation)
-        if correlation < MIN_CORRELATION or int(reference.argmax()) not in np.argsort(-logits)[:5]:
+        if correlation < least or int(reference.argmax()) not in np.argsort(-logits)[:5]:
             raise TextLlmExportError(f"text LLM: the exported graph's next-token logits for the {lang} prompt "
-                                     f"correlate {correlation:.4f} with the model's (at least {MIN_CORRELATION} "
-                                     "wanted, the model's token among the graph's top 5)")
+                                     f"correlate {correlation:.4f} with the model's (at least {least} wanted for "
+                                     f"{entry.onnx.dtype}, the model's token among the graph's top 5)")
         if not served.decode(served.answer(instruction, CHECK_TEXT).tokens):
             raise TextLlmExportError(f"text LLM: the exported graph gives no {lang} translation of {CHECK_TEXT!r}")
     return lowest

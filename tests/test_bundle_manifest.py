@@ -73,11 +73,13 @@ def test_a_manifest_survives_json_and_leaves_out_what_it_does_not_have() -> None
     (lambda d: d["llm"].update(runtme="onnx"), r"unknown key llm\.runtme"),
     (lambda d: d["llm"]["onnx"]["graph"].pop("file"), r"missing required key llm\.onnx\.graph\.file"),
     (lambda d: d["llm"]["onnx"].update(format_version=1), r"llm\.onnx: not a tympan-llm-onnx v2 description"),
-    # A bundle of an older format (before the bridge kind; before the CTC frames and the n-gram LM): refused
-    # naming both versions.
-    (lambda d: d.update(format=1), r"bundle format 1; this tympan reads format 4"),
-    (lambda d: d.update(format=2), r"bundle format 2; this tympan reads format 4"),
-    (lambda d: d.update(format=3), r"bundle format 3; this tympan reads format 4"),
+    # A bundle of an older format (before the bridge kind; before the CTC frames and the n-gram LM; before the
+    # hearing; before the text LLM): refused naming both versions.
+    (lambda d: d.update(format=1), r"bundle format 1; this tympan reads format 5"),
+    (lambda d: d.update(format=2), r"bundle format 2; this tympan reads format 5"),
+    (lambda d: d.update(format=3), r"bundle format 3; this tympan reads format 5"),
+    (lambda d: d.update(format=4), r"bundle format 4; this tympan reads format 5"),
+    (lambda d: d.update(text_llm={"dir": "text_llm"}), r"missing required key text_llm\.source"),
     (lambda d: d.update(lm={"file": "lm.npz", "order": 3}), r"missing required key lm\.weight"),
     (lambda d: d["encoder"].pop("bridge"), "missing required key encoder.bridge"),
 ])

@@ -23,6 +23,7 @@ from tympan.daemon.events import (
     Open,
     Ready,
     Shutdown,
+    Translation,
 )
 from tympan.daemon.multipart import MultipartError, parse_form
 from tympan.daemon.openai_codec import TranscriptionCodec
@@ -325,3 +326,25 @@ def test_a_request_body_trickling_below_the_rate_floor_is_cut() -> None:
     head_late, took = asyncio.run(serve_one(silent))
     assert isinstance(head_late, HttpError) and head_late.status == 408 and "within 0.3 s" in head_late.message
     assert asyncio.run(serve_one(whole))[0] == b"y" * 5000
+
+
+def test_a_translation_streams_as_realtime_deltas_and_v1_events() -> None:
+    from tympan.daemon.codec_v1 import V1Codec
+
+    codec = RealtimeCodec(beta=True)
+    events = [Translation(0, 1, "good morning", ""), Translation(0, 2, "good morning", "Guten"),
+              Translation(0, 3, "good morning", "Guten Morgen"), Translation(0, 4, "good morning", "Gute"),
+              Final(0, "Guten Morgen.", "st", "de", 0.5, 1.5, 100, (), "good morning")]
+    rendered = [json.loads(f) for ev in events for f in codec.render(ev)]
+    deltas = [r["delta"] for r in rendered if r["type"].endswith(".delta")]
+    # Deltas only append: an empty start and a shorter rewrite send nothing; the final sends what is left.
+    assert deltas == ["Guten", " Morgen", "."]
+    assert rendered[-1]["transcript"] == "Guten Morgen." == "".join(deltas)
+    assert len({r["item_id"] for r in rendered}) == 1
+    v1 = V1Codec()
+    [first] = [json.loads(f) for f in v1.render(events[0])]
+    assert first == {"type": "translation", "segment_id": 0, "seq": 1, "source": "good morning", "text": ""}
+    [last] = [json.loads(f) for f in v1.render(events[-1])]
+    assert last["source"] == "good morning" and last["text"] == "Guten Morgen."
+    [asr] = [json.loads(f) for f in v1.render(final(1, "hello", "en"))]
+    assert "source" not in asr

@@ -28,7 +28,7 @@ from tympan.runtime.onnx_llm import OnnxLLM
 from tympan.runtime.text_llm import QWEN_CHAT, first_line
 from tympan.tasks import TEXT_INSTRUCTIONS
 
-QWEN = "qwen2.5-coder-0.5b-instruct"  # its tokenizer is the family's: the 1.5B model shares it
+QWEN = "qwen2.5-coder-1.5b-instruct"  # the shipped text LLM: its tokenizer and chat template are the real ones
 RATE = 16000
 SPEECH = np.concatenate([silence(0.6), alsa_speech("Front_Center"), silence(1.2), alsa_speech("Rear_Right"),
                          silence(1.2)])
@@ -234,8 +234,19 @@ def test_a_text_llm_needs_a_second_pass_and_a_chat_frame(tympan_home, tiny_en, t
 
 
 @pytest.fixture(scope="module")
-def daemon(text_bundle: Path, tmp_path_factory: pytest.TempPathFactory):
-    with DaemonProcess(text_bundle, tmp_path_factory.mktemp("daemon"), "[server]\nthreads = 2\n") as d:
+def broker(tmp_path_factory: pytest.TempPathFactory):
+    from broker import Broker
+
+    with Broker(tmp_path_factory.mktemp("broker")) as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def daemon(text_bundle: Path, broker, tmp_path_factory: pytest.TempPathFactory):
+    work = tmp_path_factory.mktemp("daemon")
+    config = (f'[server]\nthreads = 2\n[mqtt]\nurl = "{broker.url}"\nsite = "lab"\nspool = "{work / "spool.sqlite"}"\n'
+              "partials = true\n")
+    with DaemonProcess(text_bundle, work, config) as d:
         yield d
 
 
@@ -251,8 +262,16 @@ async def _v1(daemon: DaemonProcess, request: dict) -> list[dict]:
     return await stream(daemon.url, chunks(), request, lambda e: None)
 
 
-def test_v1_streams_the_heard_source_then_the_translation_then_the_final(daemon) -> None:
-    events = asyncio.run(_v1(daemon, {"task": "st", "target_lang": "de"}))
+def test_v1_streams_the_heard_source_then_the_translation_then_the_final(daemon, broker) -> None:
+    from broker import Subscriber
+
+    async def with_mqtt() -> tuple[list[dict], list[dict]]:
+        async with Subscriber(broker.port, "tympan/lab/session/#") as sub:
+            events = await _v1(daemon, {"task": "st", "target_lang": "de", "session_id": "tr1"})
+            await sub.wait_for(lambda m: sum(x.topic.endswith("/final") for x in m) == 2)
+            return events, [m.json() for m in sub.messages]
+
+    events, published = asyncio.run(with_mqtt())
     finals = [e for e in events if e["type"] == "final"]
     assert len(finals) == 2 and all(f["source"] and f["text"] for f in finals)
     for f in finals:
@@ -265,6 +284,12 @@ def test_v1_streams_the_heard_source_then_the_translation_then_the_final(daemon)
             assert [e["seq"] for e in mine] == sorted(e["seq"] for e in mine)
             assert events.index(mine[-1]) < events.index(f)
     assert any(e["type"] == "translation" and e["text"] for e in events), "no translation streamed"
+    # MQTT: the translation events best effort on the partial topic, the finals with their source.
+    assert [m["source"] for m in published if m["type"] == "final"] == [f["source"] for f in finals]
+    streamed = [m for m in published if m["type"] == "translation"]
+    assert streamed and {m["source"] for m in streamed} <= {f["source"] for f in finals}
+    ready = next(e for e in events if e["type"] == "ready")
+    assert "tiny-qwen" in ready["model"]["text_llm"]  # the recipe's checkpoint, as the bundle records it
     asr = asyncio.run(_v1(daemon, {"task": "asr"}))
     assert [f["text"] for f in asr if f["type"] == "final"] == [f["source"] for f in finals]
     assert all("source" not in e for e in asr if e["type"] == "final")

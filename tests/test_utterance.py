@@ -257,8 +257,10 @@ def test_a_speculation_still_running_when_speech_resumes_anchors_when_it_comes()
     u, s = heard_utterance()
     u.pause(audio(1.0), speech_end=2.25)
     [spec] = s.finals_of("final")
+    assert spec.answer_wanted
     u.resume()
-    assert not spec.cancelled and u.anchor is None
+    # Still read (what it heard anchors the partials), but its answer would be thrown away: none is written.
+    assert not spec.cancelled and not spec.answer_wanted and u.anchor is None
     spec.on_done("Go forward.", {"kind": "final", "heard": "Go forward."})
     assert u.anchor == ("Go forward.", RATE) and u.state is State.LISTENING and not s.finals
     # At the endpoint, a speculation still out is dropped: the final decode goes first.
