@@ -228,6 +228,11 @@ def test_a_text_llm_needs_a_second_pass_and_a_chat_frame(tympan_home, tiny_en, t
     with pytest.raises(ExportError, match=r"text_llm\.checkpoint = .*no chat frame for LLMs of type 'llama'"):
         export_bundle(checkpoint, tmp_path / "bundle")
     assert not (tmp_path / "bundle").exists(), "a failed export leaves no bundle behind"
+    from tympan.export.text_llm import TextLlmExportError, write_text_llm
+    from tympan.training.recipe import TextLlmConfig
+
+    with pytest.raises(TextLlmExportError, match=r"unknown package LLM \(known: .*package:qwen2\.5-coder-1\.5b"):
+        write_text_llm(TextLlmConfig(checkpoint="package:qwen-9000"), Path, tmp_path)
 
 
 # -- the daemon ----------------------------------------------------------------------------------------------------
