@@ -44,6 +44,9 @@ class Codec(ABC):
     final_wait_s: ClassVar[float] = 0.0
     # Whether the client has any use for partials; when not, none are decoded for it (they cost model time).
     partials: ClassVar[bool] = True
+    # Whether the frames it renders for Translation events carry only what is new (deltas): then none of them may
+    # be dropped for a slow reader, or the client's text would lose words. Whole-text events may be dropped.
+    translation_deltas: ClassVar[bool] = False
 
     def greeting(self) -> list[Command]:
         """Commands the codec issues as the client connects, before any frame (protocols whose server speaks

@@ -87,6 +87,10 @@ class Engine:
             raise ConfigError(f"decode.partials_from = \"ctc\": the bundle's encoder gives no CTC text (bridge "
                               f"{model.bundle.manifest.encoder.bridge!r}); use \"llm\" or \"auto\"")
         self.ctc_partials = cfg.partials_from != "llm" and model.hears
+        if not self.ctc_partials:
+            # LLM partials: the speech LLM is loaded now, not at the first partial on the worker thread (a bundle
+            # with a text LLM loads it on first use).
+            _ = model.llm
         self.loop = loop
         self._cv = threading.Condition()
         self._finals: OrderedDict[str, list[Job]] = OrderedDict()  # session -> finals, oldest first

@@ -93,8 +93,9 @@ class Partial:
 @dataclass(frozen=True)
 class Translation:
     """A final's answer while the text LLM writes it from what was heard (a translation; an answer to a question;
-    a custom instruction's result): `source` is the heard text, whole from the first event on (whose `text` is
-    ""), `text` the answer so far. Sent once the final is confirmed; the Final follows with the whole answer."""
+    a custom instruction's result): `source` is the heard text, whole from the first event on, `text` the answer
+    so far ("" when the first event goes out before the first token). Sent once the final is confirmed; the Final
+    follows with the whole answer."""
 
     segment_id: int
     seq: int

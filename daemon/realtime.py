@@ -84,6 +84,7 @@ def _lang(language: str) -> str:
 class RealtimeCodec(Codec):
     name = "realtime"
     partials = False  # its text streams from finals only
+    translation_deltas = True  # a dropped delta would leave the client's text without its words
 
     def __init__(self, beta: bool) -> None:
         self.beta = beta

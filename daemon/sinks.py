@@ -28,6 +28,11 @@ class Sink(Protocol):
     def final(self, session_id: str, final: Final) -> None: ...
 
 
+def droppable(event: Event, codec: Codec) -> bool:
+    """Whether a slow client may lose this event's frames: partials, and translations sent whole each time."""
+    return isinstance(event, Partial) or (isinstance(event, Translation) and not codec.translation_deltas)
+
+
 class ClientSink:
     """The session's client: every event in its protocol's frames (partials may be dropped for a slow reader)."""
 
@@ -35,7 +40,7 @@ class ClientSink:
         self.codec, self.outbox = codec, outbox
 
     def tell(self, event: Event) -> None:
-        self.outbox.put(self.codec.render(event), droppable=isinstance(event, Partial | Translation))
+        self.outbox.put(self.codec.render(event), droppable=droppable(event, self.codec))
 
     def partial(self, session_id: str, partial: Partial) -> None:
         self.tell(partial)

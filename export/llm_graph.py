@@ -259,6 +259,14 @@ def export_llm_onnx(
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     if external_data is None:
         external_data = param_bytes > _EXTERNAL_THRESHOLD_BYTES
+    if quantize is not None:
+        bits = 8 if quantize == "int8" else 4
+        # The quantized graph is one file, and protobuf caps a file at 2 GiB.
+        quantized_bytes = param_bytes // 4 * bits // 8
+        if quantized_bytes > _EXTERNAL_THRESHOLD_BYTES:
+            raise ValueError(f"the {quantize} graph would hold about {quantized_bytes / 1e9:.1f} GB of weights, over "
+                             f"the {_EXTERNAL_THRESHOLD_BYTES / 1e9:.1f} GB a single ONNX file can take: quantize to "
+                             "int4, or export without quantization (weights in weights.bin)")
 
     with _export_mode(model), tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as tmp_name:
         tmp = Path(tmp_name)

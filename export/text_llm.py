@@ -79,8 +79,11 @@ def write_text_llm(cfg: TextLlmConfig, resolve_path: Callable[[str], Path], tmp:
                        if isinstance(i, int) and i != tokenizer.unk_token_id})
     out = tmp / TEXT_LLM_DIR
     # float16 embedding rows: half the file (the table is 0.5-0.9 GB for Qwen2.5's 152k tokens), memory-mapped.
-    onnx = export_llm_onnx(model, out, quantize=None if cfg.quantize == "none" else cfg.quantize,
-                           embed_dtype="float16")
+    try:
+        onnx = export_llm_onnx(model, out, quantize=None if cfg.quantize == "none" else cfg.quantize,
+                               embed_dtype="float16")
+    except ValueError as e:
+        raise TextLlmExportError(f"text_llm.checkpoint = {cfg.checkpoint!r}: {e}") from None
     tokenizer.backend_tokenizer.save(str(out / TOKENIZER_FILE))
     entry = TextLlm(dir=TEXT_LLM_DIR, source=cfg.checkpoint, model_type=model_type, tokenizer=TOKENIZER_FILE,
                     frame=ChatTemplate(before=frame.before, between=frame.between, after=frame.after),
@@ -114,9 +117,11 @@ def _verify(model: object, tokenizer: object, directory: Path, entry: TextLlm, l
         with torch.no_grad():
             reference = model(input_ids=torch.tensor([ids])).logits[0, -1].numpy()  # type: ignore[operator]
         logits, _ = served.llm.prefill(served.llm.embed(ids))
+        if not np.isfinite(logits).all():
+            raise TextLlmExportError(f"text LLM: the exported graph gives NaN or infinite logits for the {lang} prompt")
         correlation = float(np.corrcoef(logits, reference)[0, 1])
         lowest = min(lowest, correlation)
-        if correlation < least or int(reference.argmax()) not in np.argsort(-logits)[:5]:
+        if not correlation >= least or int(reference.argmax()) not in np.argsort(-logits)[:5]:
             raise TextLlmExportError(f"text LLM: the exported graph's next-token logits for the {lang} prompt "
                                      f"correlate {correlation:.4f} with the model's (at least {least} wanted for "
                                      f"{entry.onnx.dtype}, the model's token among the graph's top 5)")

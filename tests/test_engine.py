@@ -67,6 +67,8 @@ class FakeModel:
 
     hears = False  # no CTC text: partials are decoded
     hearing = None  # no second pass: finals are the LLM's
+    text_llm = None
+    llm = "the speech LLM"  # the engine asks for it up front when partials come from it
 
     def encode(self, audios):
         self.batches.append(len(audios))

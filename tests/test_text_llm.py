@@ -207,6 +207,9 @@ def test_the_bundle_carries_the_text_llm_and_answers_from_what_was_heard(text_bu
     assert text_llm.answer(instruction, heard).tokens == answer.tokens
     question = model.instruction("sqa", "de", "Wann?")
     assert question.endswith("Question: Wann?") and "German" in question
+    # A question (or a client's own instruction) is new each time: not kept in the prefix cache.
+    text_llm.answer(question, heard)
+    assert text_llm.prefix_ids(question) not in text_llm.prefixes
 
 
 def test_a_text_llm_needs_a_second_pass_and_a_chat_frame(tympan_home, tiny_en, tiny_cfg, qwen_tokenizer,

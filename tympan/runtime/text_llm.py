@@ -59,7 +59,7 @@ def first_line(text: str) -> str:
     return text.strip().split("\n", 1)[0].strip()
 
 
-# Prompt prefixes (system turn, instruction) whose KV cache is kept: one per task and language, and a few custom
+# Prompt prefixes (system turn, instruction) whose KV cache is kept: one per task and language of the bundle's own
 # instructions; a Qwen2.5-1.5B prefix of 40 positions holds about 2 MB.
 PREFIX_CACHE = 16
 
@@ -119,10 +119,15 @@ class TextLLM:
         try:
             self.tokenizer = Tokenizer.from_file(str(directory / entry.tokenizer))
             self.llm = OnnxLLM(directory, entry.onnx, threads=threads)
-        except (OSError, ValueError, RuntimeError) as e:
-            raise BundleError(f"{directory}: the text LLM cannot be loaded: {e}") from None
+        except Exception as e:  # tokenizers raises bare Exceptions, without the path
+            raise BundleError(f"{directory}: the text LLM cannot be loaded ({entry.tokenizer}, "
+                              f"{entry.onnx.graph.file}): {e}") from None
         self.stop_ids = frozenset(entry.stop_ids)
         self.prefixes = PrefixCache(self.llm)
+        # Only the bundle's own instructions are kept in the cache: a question or a client's instruction is new on
+        # every request (and up to 2000 characters: tens of MB of cache), so it is prefilled with the text.
+        self.cached_instructions = frozenset(t for langs in entry.instructions.values() for t in langs.values()
+                                             if "{question}" not in t)
         self.newline_ids = frozenset(i for i in range(self.tokenizer.get_vocab_size())
                                      if "\n" in (self.tokenizer.id_to_token(i) or "").replace("Ċ", "\n"))
 
@@ -149,7 +154,9 @@ class TextLLM:
         that follows some words (see `first_line`)."""
         if not text.strip():
             return Decoded([], Stop.NOTHING_HEARD)
-        llm, rest = self.prefixes.split(self.prefix_ids(instruction), self.prompt_ids(instruction, text))
+        ids = self.prompt_ids(instruction, text)
+        llm, rest = (self.prefixes.split(self.prefix_ids(instruction), ids) if instruction in self.cached_instructions
+                     else (self.llm, ids))
         return greedy_decode(llm, self.llm.embed(rest), self.stop_ids, settings.capped(self.entry.max_new_tokens),
                              cancelled=cancelled, on_token=on_token, ended=self.line_ended)
 
