@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tympan.errors import TympanError
-from tympan.runtime.bundle_manifest import BundleError, ChatTemplate, TextLlm
+from tympan.runtime.bundle_manifest import BundleError, TextLlm
 from tympan.tasks import TEXT_INSTRUCTIONS
 from tympan.training.recipe import TextLlmConfig
 
@@ -86,7 +86,7 @@ def write_text_llm(cfg: TextLlmConfig, resolve_path: Callable[[str], Path], tmp:
         raise TextLlmExportError(f"text_llm.checkpoint = {cfg.checkpoint!r}: {e}") from None
     tokenizer.backend_tokenizer.save(str(out / TOKENIZER_FILE))
     entry = TextLlm(dir=TEXT_LLM_DIR, source=cfg.checkpoint, model_type=model_type, tokenizer=TOKENIZER_FILE,
-                    frame=ChatTemplate(before=frame.before, between=frame.between, after=frame.after),
+                    frame=frame,
                     instructions=TEXT_INSTRUCTIONS, stop_ids=stop_ids, max_new_tokens=cfg.max_new_tokens, onnx=onnx)
     correlation = _verify(model, tokenizer, out, entry, MIN_CORRELATION[cfg.quantize])
     say(f"text LLM {cfg.checkpoint} ({model_type}, {cfg.quantize}) exported and verified in "

@@ -173,11 +173,15 @@ class Hearing:
 
 @dataclass(frozen=True, kw_only=True)
 class ChatTemplate:
-    """A chat template around one user turn: before + instruction + between + heard text + after."""
+    """A chat template around one user turn: before + instruction + between + heard text + after, then the model
+    writes the assistant's turn."""
 
     before: str
     between: str
     after: str
+
+    def render(self, instruction: str, text: str) -> str:
+        return f"{self.before}{instruction}{self.between}{text}{self.after}"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -12,45 +12,24 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tympan.runtime.bundle_manifest import BundleError, TextLlm
+from tympan.runtime.bundle_manifest import BundleError, ChatTemplate, TextLlm
 from tympan.runtime.decode import DEFAULT_SETTINGS, Decoded, DecodeSettings, Stop, greedy_decode
 from tympan.runtime.onnx_llm import OnnxLLM
 from tympan.tasks import format_instruction
 
-
-@dataclass(frozen=True)
-class ChatFrame:
-    """A chat template around one user turn, as text: `before` + instruction + `between` + heard text + `after`,
-    then the model writes the assistant's turn."""
-
-    before: str
-    between: str
-    after: str
-
-    def render(self, instruction: str, text: str) -> str:
-        return f"{self.before}{instruction}{self.between}{text}{self.after}"
-
-
 # Qwen2.5's ChatML with its own default system turn (what its tokenizer's chat template writes when given none).
-QWEN_CHAT = ChatFrame(
+QWEN_CHAT = ChatTemplate(
     before="<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
     "<|im_start|>user\n",
     between="\n\n",
     after="<|im_end|>\n<|im_start|>assistant\n",
 )
 CHAT_FRAMES = {"qwen2": QWEN_CHAT}
-
-
-def chat_frame(model_type: str) -> ChatFrame:
-    if model_type not in CHAT_FRAMES:
-        raise BundleError(f"no chat frame for LLMs of type {model_type!r} (known: {', '.join(CHAT_FRAMES)})")
-    return CHAT_FRAMES[model_type]
 
 
 def first_line(text: str) -> str:
@@ -115,7 +94,7 @@ class TextLLM:
         from tokenizers import Tokenizer
 
         self.entry = entry
-        self.frame = ChatFrame(entry.frame.before, entry.frame.between, entry.frame.after)
+        self.frame = entry.frame
         try:
             self.tokenizer = Tokenizer.from_file(str(directory / entry.tokenizer))
             self.llm = OnnxLLM(directory, entry.onnx, threads=threads)
