@@ -9,8 +9,9 @@ CTranslate2 files that tympan's default encoder comes from (`tympan.training.mod
 - tympan: `tympan serve` on a free loopback port with `server.threads` = `--threads`; each utterance is
   streamed in its own session at real-time pace (0.5 s of silence, the recording, 1.5 s of silence).
   Latency: from sending the chunk that holds the end of speech to receiving the final, at the client (it
-  includes the endpoint silence, `vad.silence_ms`). After the endpoint: that latency less `vad.silence_ms`,
-  what the final's decode adds once the endpoint has come (0 where the speculative decode at the pause was done).
+  includes the wait for the end of turn: the end-of-turn model's, or `vad.silence_ms` with `[turn] detection =
+  "silence"`). With the silence endpoint, after the endpoint: that latency less `vad.silence_ms`, what the final's
+  decode adds once the endpoint has come (0 where the speculative decode at the pause was done).
   RTF: the daemon's model compute (partials included)
   per second of finalised audio, from /metrics. CPU: the daemon process' CPU time over the pass.
 - faster-whisper: `WhisperModel(dir, device="cpu", compute_type, cpu_threads=--threads)`, each utterance
@@ -155,11 +156,15 @@ def run_tympan(bundle: Path, utterances: list[Utterance], threads: int, repeat: 
     audio = sum(r.audio_s for r in results)
     from tympan.daemon.settings import DaemonConfig
 
-    silence_ms = float(DaemonConfig().vad.silence_ms)
+    cfg = DaemonConfig()
+    # With the silence endpoint the wait is known, and what the decode adds after it can be told apart; the
+    # end-of-turn model waits as long as it judges, so only the whole latency means something.
+    silence = cfg.turn.detection == "silence"
+    wait = f"the {cfg.vad.silence_ms} ms endpoint silence" if silence else f"the end of turn ({cfg.turn.preset})"
     return SystemRun(f"tympan ({bundle.name}, {threads} threads)", results,
                      rtf=compute / finalised if finalised else float("nan"), cpu_per_audio_s=(cpu1 - cpu0) / audio,
-                     notes=f"latency: end of speech to final over a real-time stream (the {silence_ms:.0f} ms endpoint "
-                           "silence included)", endpoint_ms=silence_ms)
+                     notes=f"latency: end of speech to final over a real-time stream ({wait} included)",
+                     endpoint_ms=float(cfg.vad.silence_ms) if silence else None)
 
 
 # --- faster-whisper ---------------------------------------------------------------------------

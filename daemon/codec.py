@@ -42,6 +42,9 @@ class Codec(ABC):
     # How long an answer waits for a final the protocol owes the client; the wait for the finals
     # after End lasts at least this long too.
     final_wait_s: ClassVar[float] = 0.0
+    # Whether `answer` answers each audio frame for the audio so far (Vosk): the session then lets a pause's reading
+    # come first (audio_in.py holds the audio while it is awaited), so that the answer says where the turn ended.
+    answers_frames: ClassVar[bool] = False
     # Whether the client has any use for partials; when not, none are decoded for it (they cost model time).
     partials: ClassVar[bool] = True
     # Whether the frames it renders for Translation events carry only what is new (deltas): then none of them may

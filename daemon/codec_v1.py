@@ -23,7 +23,9 @@ from tympan.daemon.events import (
     Partial,
     Ready,
     Translation,
+    TurnEvent,
     final_dict,
+    turn_dict,
 )
 from tympan.daemon.protocol import (
     VERSION,
@@ -96,6 +98,9 @@ class V1Codec(Codec):
             return [event("translation", **asdict(ev))]
         if isinstance(ev, Final):
             return [event("final", **final_dict(ev))]
+        if isinstance(ev, TurnEvent):
+            fields = turn_dict(ev)
+            return [event(fields.pop("type"), **fields)]
         if isinstance(ev, Error):
             return [error_message(ev)]
         if isinstance(ev, Done):

@@ -210,7 +210,7 @@ class Engine:
                 continue
             t1 = time.perf_counter()
             try:
-                text, words, heard, source = self._decode(job, enc)
+                text, words, heard, source, read = self._decode(job, enc)
             except Exception:
                 log.exception("decoding failed (session %s, segment %d)", job.session_key, job.segment_id)
                 self._deliver(job.on_done, "", {"error": "internal"})
@@ -222,7 +222,7 @@ class Engine:
                 # Real-time factor: audio counted once, when its final is decoded (not per re-decode).
                 self.audio_seconds += seconds
             stats = {"kind": job.kind, "audio_s": seconds, "compute_s": work, "batch": len(batch),
-                     "queued_s": started - job.submitted, "words": words}
+                     "queued_s": started - job.submitted, "words": words, "read": read}
             if heard is not None:
                 stats["heard"] = heard
             if source is not None:
@@ -232,16 +232,19 @@ class Engine:
             if self.on_stats is not None:
                 self._deliver(self.on_stats, stats)
 
-    def _decode(self, job: Job, encoded: Encoded) -> tuple[str, tuple[Word, ...], str | None, str | None]:
+    def _decode(self, job: Job, encoded: Encoded) -> tuple[str, tuple[Word, ...], str | None, str | None, str]:
         """The job's text; its words' times (seconds from the utterance's start) where the final has them; for a
         final read by the second pass of hearing, what it heard (for any task; "" where the reading is not sure
         enough of itself to be shown as stable), else None; and where a text LLM answered, the heard text it
-        answered from (the final's source), else None."""
+        answered from (the final's source), else None; and the English words heard, for the end of turn (the second
+pass's reading, "" where it was refused; without one, the text)."""
         if self.ctc_partials and job.kind == "partial":
-            return self.model.heard(encoded, with_lm=False), (), None, None  # at once; the final reads it with the LM
+            heard_now = self.model.heard(encoded, with_lm=False)
+            return heard_now, (), None, None, heard_now  # at once; the final reads it with the LM
         hearing = self.model.hearing
         if job.kind != "final" or hearing is None:
-            return self._answer(job, encoded, encoded.embeddings), (), None, None
+            text = self._answer(job, encoded, encoded.embeddings)
+            return text, (), None, None, text
         r = job.request
         heard = self.model.read(job.audio, encoded, terms=r.context, word_times=r.word_times)
         shown = heard.text if hearing.settled(heard) else ""
@@ -249,14 +252,14 @@ class Engine:
             self.finals_refused += 1
             log.info("session %s segment %d: the second pass refused its reading (%s)", job.session_key,
                      job.segment_id, heard.refused)
-            return "", (), shown, None
+            return "", (), shown, None, ""
         if r.task == "asr" and r.instruction is None:
-            return heard.text, heard.words, shown, None
+            return heard.text, heard.words, shown, None, heard.text
         if not job.answer_wanted:
-            return "", (), shown, None
+            return "", (), shown, None, heard.text
         if self.model.text_llm is not None:
-            return self._answer_text(job, heard.text), (), shown, heard.text
-        return self._answer(job, encoded, self.model.text_bridge(heard.text)), (), shown, None
+            return self._answer_text(job, heard.text), (), shown, heard.text, heard.text
+        return self._answer(job, encoded, self.model.text_bridge(heard.text)), (), shown, None, heard.text
 
     def _answer_text(self, job: Job, heard: str) -> str:
         """The text LLM's answer to the job's request about what was heard, streamed as it is decoded."""

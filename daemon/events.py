@@ -132,6 +132,35 @@ def final_dict(final: Final) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class EndOfTurn:
+    """The speaker is done with utterance `segment_id` (its final follows), or, `eager`, probably done: speech
+    may still go on (then TurnResumed). `probability` is the end-of-turn model's at that moment (None where the turn
+    ended on silence before a reading came)."""
+
+    segment_id: int
+    probability: float | None
+    eager: bool = False
+
+
+@dataclass(frozen=True)
+class TurnResumed:
+    """Speech went on after an eager EndOfTurn of utterance `segment_id`: whatever began on it should stop."""
+
+    segment_id: int
+
+
+TurnEvent = EndOfTurn | TurnResumed
+
+
+def turn_dict(event: TurnEvent) -> dict[str, Any]:
+    """An end-of-turn event as JSON, with its type."""
+    if isinstance(event, EndOfTurn):
+        p = None if event.probability is None else round(event.probability, 3)
+        return {"type": "end_of_turn", "segment_id": event.segment_id, "probability": p, "eager": event.eager}
+    return {"type": "turn_resumed", "segment_id": event.segment_id}
+
+
+@dataclass(frozen=True)
 class Endpoint:
     """Utterance `segment_id` has ended (its speech at `end` seconds): its Final follows, unless it is Lost."""
 
@@ -168,4 +197,5 @@ class Shutdown:
     """The daemon is shutting down: the session closes once what is queued for the client is sent."""
 
 
-Event = Ready | Configured | Onset | Partial | Translation | Final | Endpoint | Lost | Error | Done | Shutdown
+Event = (Ready | Configured | Onset | Partial | Translation | Final | EndOfTurn | TurnResumed | Endpoint | Lost | Error
+         | Done | Shutdown)

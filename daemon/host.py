@@ -16,6 +16,7 @@ from tympan.daemon.engine import Job
 from tympan.daemon.protocol import Request
 from tympan.daemon.settings import DaemonConfig
 from tympan.daemon.sinks import Sink
+from tympan.runtime.turn import TurnModel
 
 
 class JobQueue(Protocol):
@@ -60,6 +61,11 @@ class SessionHost(Protocol):
 
     @property
     def model_info(self) -> dict[str, Any]: ...
+
+    @property
+    def turn_model(self) -> TurnModel:
+        """The end-of-turn model (turn.py)."""
+        ...
 
     @property
     def limits_info(self) -> dict[str, Any]: ...

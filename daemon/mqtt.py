@@ -7,6 +7,9 @@ Topics (`{site}` from `mqtt.site`):
   spooled). Our four keys win over event keys of the same name.
 * `tympan/{site}/session/{session_id}/partial`: QoS 0, only with `mqtt.partials = true`; best effort,
   dropped while disconnected. Same extra keys except `message_id`.
+* `tympan/{site}/session/{session_id}/turn`: QoS 0, always on; `end_of_turn` (`probability`, `eager`) and
+  `turn_resumed` events as the client gets them, best effort like partials (an end of turn is news only when it is
+  fresh; the final that follows is durable).
 * `tympan/{site}/status`: retained `online` after each connect, `offline` on a clean stop; `offline` is
   also the connection's last will, so a crash or a lost connection shows `offline` too.
 
@@ -402,9 +405,17 @@ class Publisher:
 
     def publish_partial(self, session_id: str, event: dict[str, Any]) -> None:
         """Publish a partial at QoS 0 if partials are on and we are connected; otherwise drop it."""
-        if not (self.enabled and self.cfg.partials and self._connected):
+        if self.cfg.partials:
+            self._publish_live(session_id, "partial", event)
+
+    def publish_turn(self, session_id: str, event: dict[str, Any]) -> None:
+        """Publish an end-of-turn event at QoS 0 if we are connected; otherwise drop it."""
+        self._publish_live(session_id, "turn", event)
+
+    def _publish_live(self, session_id: str, kind: str, event: dict[str, Any]) -> None:
+        if not (self.enabled and self._connected):
             return
-        topic = self._session_topic(session_id, "partial")
+        topic = self._session_topic(session_id, kind)
         body = {**event, "site": self.cfg.site, "session_id": session_id, "time": _now_iso()}
         payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
         self._call_in_loop(lambda: self._send_partial(topic, payload))

@@ -2,8 +2,10 @@
 
 Client -> server: a `start` text frame, then binary audio frames (mono, in the announced
 encoding), `config` between utterances, `stop` at the end. `start` and `config` may carry `terms` (names and
-jargon the speech may hold: the hearing spells them so) and `words` (true: finals carry their words' times).
-Server -> client: `ready`, `partial`, `final`, `error`, `done` (JSON text frames). codec_v1.py speaks it for a session;
+jargon the speech may hold: the hearing spells them so), `words` (true: finals carry their words' times), `turn`
+(when a turn ends: "silence" or an end-of-turn preset) and `eager_turn` (early end_of_turn events).
+Server -> client: `ready`, `partial`, `translation`, `end_of_turn`, `turn_resumed`, `final`, `error`, `done` (JSON
+text frames). codec_v1.py speaks it for a session;
 the Request and the errors defined here are every protocol's.
 """
 
@@ -20,6 +22,7 @@ from tympan.errors import TympanError
 
 VERSION = 1
 TASKS = ("asr", "st", "sqa")
+TURNS = ("silence", "aggressive", "balanced", "conservative")  # daemon/turn.py's presets, and the silence endpoint
 LANGS = ("en", "de", "it", "zh")
 ENCODINGS = ("pcm_s16le", "f32le")
 MIN_RATE, MAX_RATE = 8000, 48000
@@ -50,6 +53,11 @@ class Request:
     context: str | None = None
     # Finals carry their words with start and end times and a probability (a second pass of hearing gives them).
     word_times: bool = False
+    # When a turn ends: "silence" (vad.silence_ms), or an end-of-turn preset ("aggressive", "balanced",
+    # "conservative"); None: the daemon's [turn] setting.
+    turn: str | None = None
+    # Early, eager end_of_turn events (and turn_resumed); None: the daemon's [turn] setting.
+    eager_turn: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -110,7 +118,13 @@ def _request_fields(obj: dict[str, Any], base: Request) -> Request:
     words = obj.get("words", base.word_times)
     if not isinstance(words, bool):
         raise ProtocolError("bad_request", f"'words' must be true or false, got {words!r}")
-    return Request(task, lang, question, instruction, context, words)
+    turn = obj.get("turn", base.turn)
+    if turn is not None and turn not in TURNS:
+        raise ProtocolError("bad_request", f"'turn' must be one of {', '.join(TURNS)} (or null), got {turn!r}")
+    eager = obj.get("eager_turn", base.eager_turn)
+    if eager is not None and not isinstance(eager, bool):
+        raise ProtocolError("bad_request", f"'eager_turn' must be true, false or null, got {eager!r}")
+    return Request(task, lang, question, instruction, context, words, turn, eager)
 
 
 def parse_text(frame: str) -> ClientMessage:
@@ -125,8 +139,8 @@ def parse_text(frame: str) -> ClientMessage:
         raise ProtocolError("bad_request", "text frame must be a JSON object with a 'type'")
     kind = obj.get("type")
     if kind == "start":
-        known = {"type", "task", "target_lang", "question", "instruction", "terms", "words", "sample_rate", "encoding",
-                 "session_id"}
+        known = {"type", "task", "target_lang", "question", "instruction", "terms", "words", "turn", "eager_turn",
+                 "sample_rate", "encoding", "session_id"}
         _no_unknown(obj, known)
         rate = obj.get("sample_rate")
         if isinstance(rate, bool) or not isinstance(rate, int):
@@ -141,7 +155,8 @@ def parse_text(frame: str) -> ClientMessage:
             raise ProtocolError("bad_request", "'session_id' must be 1-64 characters of A-Z a-z 0-9 . _ - (or null)")
         return Start(_request_fields(obj, Request()), rate, encoding, session_id)
     if kind == "config":
-        _no_unknown(obj, {"type", "task", "target_lang", "question", "instruction", "terms", "words"})
+        _no_unknown(obj, {"type", "task", "target_lang", "question", "instruction", "terms", "words", "turn",
+                          "eager_turn"})
         return Reconfigure({k: v for k, v in obj.items() if k != "type"})
     if kind == "stop":
         _no_unknown(obj, {"type"})
@@ -193,4 +208,7 @@ def request_dict(request: Request) -> dict[str, Any]:
         del d["context"]
     if not d["word_times"]:
         del d["word_times"]
+    for key in ("turn", "eager_turn"):
+        if d[key] is None:
+            del d[key]
     return d

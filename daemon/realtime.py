@@ -6,8 +6,10 @@ Both dialects of the API are spoken: the beta one (header `OpenAI-Beta: realtime
 first: the session opens on connect (English ASR) and says `...created`.
 
 Client -> server: the session update (`language`: en transcribes, de/it/zh translate, tympan's extension;
-`prompt`: names and terms to expect; `input_audio_format` pcm16 only; turn detection is tympan's own server
-VAD whatever is asked, its settings are the daemon's `[vad]`), `input_audio_buffer.append` (base64 PCM16,
+`prompt`: names and terms to expect; `input_audio_format` pcm16 only; `turn_detection`: `server_vad`, the
+silence endpoint (its timings are the daemon's `[vad]`), or `semantic_vad` with `eagerness` high, medium (or
+auto) or low: tympan's end-of-turn presets aggressive, balanced and conservative; none: the daemon's
+`[turn]`), `input_audio_buffer.append` (base64 PCM16,
 mono, 24 kHz). `input_audio_buffer.commit` and `.clear` are refused with an error event: turns are ended by
 the server VAD. Server -> client: `input_audio_buffer.speech_started`, `.speech_stopped`, `.committed`, then
 `conversation.item.input_audio_transcription.delta` and `.completed` per turn (`.failed` if its decode
@@ -43,6 +45,8 @@ from tympan.daemon.events import (
 )
 from tympan.daemon.protocol import LANGS, MAX_TEXT, ProtocolError, Request
 
+EAGERNESS = {"high": "aggressive", "medium": "balanced", "auto": "balanced", "low": "conservative"}
+
 REALTIME_PATH = "/v1/realtime"
 RATE = 24000  # pcm16 in the realtime API is 24 kHz mono
 BETA_SUBPROTOCOL = "openai-beta.realtime-v1"
@@ -76,6 +80,29 @@ def _transcription_settings(session: dict[str, Any], beta: bool) -> tuple[dict[s
     return _object(audio_in.get("transcription"), "audio.input.transcription"), fmt
 
 
+def _turn(session: dict[str, Any], beta: bool, current: str | None) -> str | None:
+    """The turn setting a session update asks for (protocol.TURNS), `current` where it names none."""
+    holder = session if beta else _object(_object(session.get("audio"), "audio").get("input"), "audio.input")
+    if "turn_detection" not in holder:
+        return current
+    detection = holder["turn_detection"]
+    if detection is None:
+        raise ProtocolError("unsupported", "turn_detection null (turns committed by the client) is not supported: "
+                                           "tympan ends each turn itself (server_vad or semantic_vad)")
+    detection = _object(detection, "turn_detection")
+    kind = detection.get("type")
+    if kind == "server_vad":
+        return "silence"
+    if kind == "semantic_vad":
+        eagerness = detection.get("eagerness", "auto")
+        if eagerness not in EAGERNESS:
+            raise ProtocolError("bad_request", f"turn_detection.eagerness must be one of {', '.join(EAGERNESS)}, "
+                                               f"got {str(eagerness)[:20]!r}")
+        return EAGERNESS[eagerness]
+    raise ProtocolError("bad_request",
+                        f"turn_detection.type must be server_vad or semantic_vad, got {str(kind)[:30]!r}")
+
+
 def _lang(language: str) -> str:
     """"de", "DE", "de-DE", "de_DE" -> "de"."""
     return language.replace("_", "-").split("-")[0].lower()
@@ -90,6 +117,7 @@ class RealtimeCodec(Codec):
         self.beta = beta
         self.settings: dict[str, Any] = {"model": "tympan", "language": "en", "prompt": ""}
         self.proposed: tuple[Request, dict[str, Any]] | None = None  # an update the session has not taken yet
+        self.turn: str | None = None  # the session's turn setting (protocol.TURNS), once it is open
         self.items: dict[int, str] = {}  # segment id -> item id
         self.committed: set[int] = set()
         self.sent: dict[int, str] = {}  # segment id -> the text its deltas have carried so far
@@ -100,7 +128,7 @@ class RealtimeCodec(Codec):
     # -- the client's events --------------------------------------------------------------------------------
 
     def greeting(self) -> list[Command]:
-        return [Open(Request("asr", "en"), self.id)]
+        return [Open(Request("asr", "en", eager_turn=False), self.id)]
 
     def parse(self, frame: str | bytes) -> list[Command]:
         if isinstance(frame, bytes):
@@ -133,8 +161,10 @@ class RealtimeCodec(Codec):
             raise ProtocolError("bad_request", f"prompt must be a string of at most {MAX_TEXT} characters")
         lang = _lang(language) if language else self.settings["language"]
         context = prompt if prompt is not None else self.settings["prompt"]
-        request = Request("asr", "en", context=context or None) if lang == "en" else \
-            Request("st", lang, context=context or None)
+        turn = _turn(session, self.beta, self.turn)
+        # No eager end of turn: the API has no event for it.
+        request = Request("asr", "en", context=context or None, turn=turn, eager_turn=False) if lang == "en" else \
+            Request("st", lang, context=context or None, turn=turn, eager_turn=False)
         # Kept only once the session takes the request (Configured): a refused one leaves the settings as they were.
         self.proposed = (request, {"model": str(transcription.get("model") or self.settings["model"])[:60],
                                    "language": lang, "prompt": context})
@@ -158,7 +188,9 @@ class RealtimeCodec(Codec):
         return json.dumps({"type": kind, "event_id": f"event_{self.events}", **fields}, ensure_ascii=False)
 
     def _session(self) -> dict[str, Any]:
-        turns = {"type": "server_vad"}
+        turns: dict[str, Any] = {"type": "server_vad"}
+        if self.turn in EAGERNESS.values():
+            turns = {"type": "semantic_vad", "eagerness": next(k for k, v in EAGERNESS.items() if v == self.turn)}
         if self.beta:
             return {"id": self.id, "object": "realtime.transcription_session", "input_audio_format": "pcm16",
                     "input_audio_transcription": self.settings, "turn_detection": turns, "modalities": ["text"]}
@@ -172,10 +204,11 @@ class RealtimeCodec(Codec):
     def render(self, ev: Event) -> list[str]:
         prefix = "transcription_session" if self.beta else "session"
         if isinstance(ev, Ready):
+            self.turn = ev.request.turn
             return [self._event(f"{prefix}.created", session=self._session())]
         if isinstance(ev, Configured):
             if self.proposed is not None and self.proposed[0] == ev.request:
-                self.settings = self.proposed[1]
+                self.settings, self.turn = self.proposed[1], ev.request.turn
             self.proposed = None
             return [self._event(f"{prefix}.updated", session=self._session())]
         if isinstance(ev, Onset):

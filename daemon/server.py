@@ -42,6 +42,7 @@ from tympan.daemon.vosk import VOSK_PATH, VoskCodec
 from tympan.daemon.wyoming_server import WyomingServer, info_data
 from tympan.runtime.bundle import load_bundle
 from tympan.runtime.speech_model import SpeechModel
+from tympan.runtime.turn import TurnModel
 
 log = logging.getLogger("tympan.daemon")
 STREAM_PATH = "/v1/stream"
@@ -92,6 +93,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         bundle = load_bundle(self.bundle_path)
         self.model = await asyncio.to_thread(SpeechModel, bundle, self.cfg.server.threads)
+        self.turn_model = TurnModel.load(Path(self.cfg.turn.model) if self.cfg.turn.model else None)
         longest = self.cfg.vad.max_utterance_s + self.cfg.vad.pre_roll_ms / 1000
         encoder_max = self.model.encoder.max_samples / self.model.sample_rate
         if longest > encoder_max:

@@ -10,9 +10,11 @@ client first, then the daemon's (sinks.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
+from dataclasses import replace
 
 from websockets.exceptions import ConnectionClosed
 
@@ -25,6 +27,7 @@ from tympan.daemon.events import (
     Configure,
     Configured,
     Done,
+    EndOfTurn,
     Endpoint,
     Error,
     Final,
@@ -35,12 +38,14 @@ from tympan.daemon.events import (
     Ready,
     Shutdown,
     Translation,
+    TurnEvent,
 )
 from tympan.daemon.host import SessionHost
 from tympan.daemon.outbox import Connection, Outbox
 from tympan.daemon.protocol import ProtocolError, Request
 from tympan.daemon.sinks import ClientSink, Sink
-from tympan.daemon.utterance import Utterance
+from tympan.daemon.turn import PRESETS, Turn
+from tympan.daemon.utterance import OPEN, Utterance
 from tympan.daemon.vad import Event as VadEvent
 from tympan.daemon.vad import SpeechPaused, SpeechResumed, UtteranceDropped, UtteranceEnded, UtteranceStarted
 
@@ -67,6 +72,8 @@ class Session:
         self.idle.set()
         self.room = asyncio.Event()  # set while fewer than limits.session_backlog finals are pending
         self.room.set()
+        self.caught_up = asyncio.Event()  # set while no received audio waits to be segmented
+        self.caught_up.set()
         self.started_at = time.monotonic()
         self.admitted = False
 
@@ -145,7 +152,7 @@ class Session:
             self._open(command)
         elif isinstance(command, Configure):
             try:
-                request = command.update(self.request)
+                request = self._turn_set(command.update(self.request))
                 self.host.check_request(request)
             except ProtocolError as e:
                 self.client.tell(Error(e.code, str(e)))  # the session goes on with its request
@@ -154,6 +161,9 @@ class Session:
             self.client.tell(Configured(request))
         elif isinstance(command, Audio):
             self._audio(command)
+            if self.codec.answers_frames:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.caught_up.wait(), self.codec.final_wait_s)
             self.outbox.put(await self.codec.answer())
         else:  # End
             await self._end()
@@ -167,13 +177,23 @@ class Session:
             raise Closing(1013, OVERLOADED, ProtocolError("overloaded", "the server is at capacity; try again later"))
         self.admitted = True
         self.id = self.outbox.name = command.session_id or uuid.uuid4().hex[:16]
-        self.request = command.request
+        self.request = self._turn_set(command.request)
         self.client.tell(Ready(self.id, self.request, self.host.model_info, self.host.limits_info))
         log.info("session %s started (%s, %s)", self.id, self.codec.name, self.request.task)
 
+    def _turn_set(self, request: Request) -> Request:
+        """The request with the daemon's turn settings where the client chose none, so that what the client is told
+        (ready, configured) is what its turns get."""
+        turns = self.cfg.turn
+        return replace(request, turn=request.turn or turns.default_turn,
+                       eager_turn=turns.eager if request.eager_turn is None else request.eager_turn)
+
     async def _end(self) -> None:
-        self._end_of_stream()
         timeout = max(self.cfg.limits.idle_timeout_s, self.codec.final_wait_s)
+        # The audio held for readings first, so that its turns end as they would have in real time.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.caught_up.wait(), timeout)
+        self._end_of_stream()
         gave_up = False
         try:
             await asyncio.wait_for(self.idle.wait(), timeout)
@@ -186,6 +206,7 @@ class Session:
     def _end_of_stream(self) -> None:
         self.ended = True
         if self.audio is not None:
+            self._flow(wait=False)
             self._segmented(self.audio.finish())
 
     def drain(self) -> None:
@@ -204,10 +225,34 @@ class Session:
         if self.ended:
             return
         if self.audio is None:
-            self.audio = AudioIn(self.cfg.vad, command.sample_rate, self.host.sample_rate)
+            # The turns end where turn.py says (end_turn); the segmenter's own silence endpoint is only the last resort.
+            cap = max(self.cfg.vad.silence_ms, *(p.max_silence_ms for p in PRESETS.values()))
+            self.audio = AudioIn(replace(self.cfg.vad, silence_ms=cap), command.sample_rate, self.host.sample_rate)
             log.info("session %s: audio at %d Hz", self.id, command.sample_rate)
-        self._segmented(self.audio.push(command.samples))
+        self.audio.receive(command.samples)
+        self._flow()
         self._maybe_partial(self.audio)
+
+    def _flow(self, wait: bool = True) -> None:
+        """Segment the audio received, chunk by chunk, each chunk a tick of the end of turn; with `wait`, stop while
+        a pause waits for its reading (audio_in.py), unless it has held too much."""
+        audio = self.audio
+        if audio is None:
+            return
+        while not (wait and self._awaiting_reading() and not audio.holding_too_long):
+            events = audio.segment()
+            if events is None:
+                break
+            self._segmented(events)
+            for u in [u for u in self.utterances.values() if u.state in OPEN]:
+                u.tick()
+        if not audio.held:
+            self.caught_up.set()
+        else:
+            self.caught_up.clear()
+
+    def _awaiting_reading(self) -> bool:
+        return any(u.awaiting_reading for u in self.utterances.values())
 
     def _maybe_partial(self, audio: AudioIn) -> None:
         current = audio.current() if self.cfg.decode.partials and self.codec.partials else None
@@ -216,13 +261,15 @@ class Session:
         segment_id, samples = current
         u = self.utterances.get(segment_id)
         if u is not None:
-            u.maybe_partial(samples, audio.seconds, self.cfg.decode.partial_interval_ms * audio.rate // 1000)
+            u.maybe_partial(samples, audio.segmented_seconds, self.cfg.decode.partial_interval_ms * audio.rate // 1000)
 
     def _segmented(self, events: list[VadEvent]) -> None:
         for ev in events:
             if isinstance(ev, UtteranceStarted):
+                r = self._turn_set(self.request)
+                turn = Turn(r.turn or "silence", bool(r.eager_turn), self.host.turn_model, self.cfg.vad.silence_ms)
                 self.utterances[ev.segment_id] = Utterance(
-                    self.key, ev.segment_id, self.request, ev.start, self,
+                    self.key, ev.segment_id, self.request, ev.start, self, turn,
                     stable_from_hearing=self.host.model_info.get("hearing") == "whisper")
                 self.host.count_utterance()
                 self.client.tell(Onset(ev.segment_id, ev.start))
@@ -231,13 +278,15 @@ class Session:
             if u is None:
                 continue  # its decode failed: the rest of it is ignored
             if isinstance(ev, SpeechPaused):
-                u.pause(ev.audio, ev.speech_end)
+                u.pause(ev.audio, ev.speech_end, ev.prosody)
             elif isinstance(ev, SpeechResumed):
                 u.resume()
             elif isinstance(ev, UtteranceDropped):
                 u.drop()
                 self._forget(u.segment_id)
             elif isinstance(ev, UtteranceEnded):
+                if ev.reason in ("silence", "turn"):
+                    self.turn(EndOfTurn(u.segment_id, u.turn.probability if u.turn is not None else None))
                 self.client.tell(Endpoint(u.segment_id, ev.speech_end))  # before its final, which may be ready at once
                 u.endpoint(ev.audio, ev.speech_end)
         self._count_pending()
@@ -264,9 +313,25 @@ class Session:
         self.utterances.pop(final.segment_id, None)
         self._count_pending()
 
+    def now(self) -> float:
+        return self.audio.segmented_seconds if self.audio is not None else 0.0
+
+    def reading_in(self) -> None:
+        # Not from inside the utterance's callback: the audio let through may end or resume that very utterance.
+        asyncio.get_running_loop().call_soon(self._flow)
+
+    def turn(self, event: TurnEvent) -> None:
+        for sink in self.sinks:
+            sink.turn(self.id, event)
+
+    def end_turn(self, segment_id: int) -> None:
+        if self.audio is not None:
+            self._segmented(self.audio.end_turn())
+
     def failed(self, segment_id: int) -> None:
         self.client.tell(Error("internal", f"decoding segment {segment_id} failed"))
         self._forget(segment_id, failed=True)
+        self.reading_in()  # a pause may have been waiting for that decode
 
     def _forget(self, segment_id: int, failed: bool = False) -> None:
         self.utterances.pop(segment_id, None)

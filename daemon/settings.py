@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from tympan.config import ConfigError, check, from_dict, non_negative, positive, read_toml
 from tympan.daemon.mqtt import MqttConfig
+from tympan.daemon.turn import TurnConfig
 from tympan.daemon.vad import VadConfig
 from tympan.runtime.decode import DecodeSettings
 
@@ -150,6 +151,7 @@ class DaemonConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     vad: VadConfig = field(default_factory=VadConfig)
+    turn: TurnConfig = field(default_factory=TurnConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
@@ -193,7 +195,7 @@ def load_daemon_config(path: str | Path | None = None, env: dict[str, str] | Non
     cfg = from_dict(DaemonConfig, data, source=source)
     if bool(cfg.tls.cert) != bool(cfg.tls.key):
         raise ConfigError(f"{source}: tls.cert and tls.key go together")
-    for key, value in (("tls.cert", cfg.tls.cert), ("tls.key", cfg.tls.key)):
+    for key, value in (("tls.cert", cfg.tls.cert), ("tls.key", cfg.tls.key), ("turn.model", cfg.turn.model)):
         if value and not Path(value).is_file():
             raise ConfigError(f"{source}: {key}: file not found: {value}")
     return cfg

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from typing import Protocol
 
 from tympan.daemon.codec import Codec
-from tympan.daemon.events import Event, Final, Partial, Translation, final_dict
+from tympan.daemon.events import Event, Final, Partial, Translation, TurnEvent, final_dict, turn_dict
 from tympan.daemon.metrics import Counter, Histogram
 from tympan.daemon.mqtt import Publisher
 from tympan.daemon.outbox import Outbox
@@ -26,6 +26,8 @@ class Sink(Protocol):
     def translation(self, session_id: str, translation: Translation) -> None: ...
 
     def final(self, session_id: str, final: Final) -> None: ...
+
+    def turn(self, session_id: str, event: TurnEvent) -> None: ...
 
 
 def droppable(event: Event, codec: Codec) -> bool:
@@ -51,6 +53,9 @@ class ClientSink:
     def final(self, session_id: str, final: Final) -> None:
         self.tell(final)
 
+    def turn(self, session_id: str, event: TurnEvent) -> None:
+        self.tell(event)
+
 
 class FinalsMetrics:
     """tympan_finals_total and tympan_final_latency_seconds."""
@@ -69,6 +74,9 @@ class FinalsMetrics:
         if final.latency_ms is not None:
             self.latency.observe(final.latency_ms / 1000)
 
+    def turn(self, session_id: str, event: TurnEvent) -> None:
+        pass
+
 
 class MqttSink:
     """tympan's own topics: finals durably, partials best effort (with mqtt.partials); see mqtt.py."""
@@ -85,6 +93,9 @@ class MqttSink:
 
     def final(self, session_id: str, final: Final) -> None:
         self.publisher.publish_final(session_id, {"type": "final", **final_dict(final)})
+
+    def turn(self, session_id: str, event: TurnEvent) -> None:
+        self.publisher.publish_turn(session_id, turn_dict(event))
 
 
 def hermes_text_captured(final: Final, site: str, session_id: str) -> bytes:
@@ -112,3 +123,6 @@ class HermesSink:
 
     def final(self, session_id: str, final: Final) -> None:
         self.publisher.publish_durably(HERMES_TEXT_CAPTURED, hermes_text_captured(final, self.site, session_id))
+
+    def turn(self, session_id: str, event: TurnEvent) -> None:
+        pass

@@ -29,6 +29,11 @@ only the audio after it. Where a text LLM answers from what was heard (a transla
 the heard text first (its source) and then the answer's tokens: once confirmed they go out as Translation events,
 never as partials, so the partials stay what was heard.
 
+The end of turn (turn.py) is asked at every tick of a pause (the session's audio, and each speculation's reading):
+when it says the speaker is done, the utterance asks its owner to end the turn, and the segmenter's endpoint (reason
+"turn") follows at once, before vad.silence_ms. An eager end of turn goes to the owner as an EndOfTurn event; if
+speech then resumes, a TurnResumed follows.
+
 Results reach the session through its Owner; decodes go to the engine as Jobs, whose callbacks
 drive the transitions `decoded` and `failed`. Results of a cancelled or replaced decode are ignored.
 """
@@ -41,9 +46,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from tympan.daemon.engine import Job
-from tympan.daemon.events import Final, Partial, Translation
+from tympan.daemon.events import EndOfTurn, Final, Partial, Translation, TurnEvent, TurnResumed
 from tympan.daemon.protocol import Request
 from tympan.daemon.text import LocalAgreement
+from tympan.daemon.turn import Turn
+from tympan.runtime.turn import FLAT, Prosody
 from tympan.runtime.whisper import Word
 
 
@@ -80,6 +87,19 @@ class Owner(Protocol):
     def failed(self, segment_id: int) -> None:
         """The final's decode failed: the utterance is over without a final."""
 
+    def now(self) -> float:
+        """Stream seconds of audio segmented so far (the segmenter's clock)."""
+        ...
+
+    def turn(self, event: TurnEvent) -> None:
+        """An eager end of turn, or speech resuming after one."""
+
+    def end_turn(self, segment_id: int) -> None:
+        """The speaker is done: end the utterance at its pause now (its endpoint follows, before this returns)."""
+
+    def reading_in(self) -> None:
+        """The reading a pause waited for is in: the audio held for it may go on."""
+
 
 class TransitionError(RuntimeError):
     """An event the segmenter cannot send in this state: a bug, not bad input."""
@@ -87,7 +107,7 @@ class TransitionError(RuntimeError):
 
 class Utterance:
     def __init__(self, key: str, segment_id: int, request: Request, start: float, owner: Owner,
-                 stable_from_hearing: bool = False) -> None:
+                 turn: Turn | None = None, stable_from_hearing: bool = False) -> None:
         self.key = key  # the session's engine key
         self.segment_id = segment_id
         self.request = request  # the request current when it started: later config messages do not change it
@@ -108,6 +128,7 @@ class Utterance:
         self.agreement = LocalAgreement(request.target_lang)
         self.seq = 0
         self.partial_samples = 0  # length of the audio the last partial decode had
+        self.turn = turn  # None: the segmenter's silence endpoint alone ends the utterance
 
     @property
     def decoding(self) -> bool:
@@ -116,8 +137,10 @@ class Utterance:
 
     # -- the segmenter's events ---------------------------------------------------------------------
 
-    def pause(self, audio: np.ndarray, speech_end: float) -> None:
+    def pause(self, audio: np.ndarray, speech_end: float, prosody: Prosody = FLAT) -> None:
         self._expect(OPEN, "pause")
+        if self.turn is not None:
+            self.turn.paused(speech_end, prosody)
         self._decode_final(audio, speech_end)
 
     def resume(self) -> None:
@@ -131,6 +154,38 @@ class Utterance:
             self.anchoring.answer_wanted = False
         self._cancel()
         self.state = State.LISTENING
+        if self.turn is not None and self.turn.resumed():
+            self.owner.turn(TurnResumed(self.segment_id))
+
+    def tick(self) -> None:
+        """More audio came (silence, while paused): the turn may be over now."""
+        if self.state in OPEN:
+            self._consider_turn()
+
+    @property
+    def awaiting_reading(self) -> bool:
+        """A pause waits for its speculative reading to decide the end of turn."""
+        return self.state is State.SPECULATING and self.turn is not None and self.turn.awaiting
+
+    def _heard_for_turn(self, text: str) -> None:
+        if self.turn is not None:
+            waited = self.turn.awaiting
+            self.turn.heard(text)
+            self._consider_turn()
+            if waited:
+                self.owner.reading_in()
+
+    def _consider_turn(self) -> None:
+        if self.turn is None:
+            return
+        decision = self.turn.decide(self.owner.now())
+        if decision is None:
+            return
+        what, probability = decision
+        if what == "eager":
+            self.owner.turn(EndOfTurn(self.segment_id, probability, eager=True))
+        else:
+            self.owner.end_turn(self.segment_id)
 
     def endpoint(self, audio: np.ndarray, speech_end: float) -> None:
         self._expect(OPEN, "endpoint")
@@ -207,6 +262,8 @@ class Utterance:
         self.source = source
         if self.state is State.CONFIRMED:
             self._translating("")
+        else:
+            self._heard_for_turn(source)  # the answer takes a while: the end of turn need not wait for it
 
     def _decoding(self, job: Job, text: str) -> None:
         if not self._current(job):
@@ -238,6 +295,7 @@ class Utterance:
             self.decoded_text, self.decoded_words = text, stats.get("words", ())
             self.decoded_heard = stats.get("heard")
             self.state = State.SPECULATED
+            self._heard_for_turn(stats.get("read", text))
 
     # -- results ----------------------------------------------------------------------------------------
 

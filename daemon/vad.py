@@ -52,6 +52,7 @@ import numpy as np
 import webrtcvad
 
 from tympan.config import ConfigError, check, check_fields, non_negative, positive, probability
+from tympan.runtime.turn import FLAT, Prosody, prosody
 
 SAMPLE_RATES = (8000, 16000, 32000, 48000)  # what webrtcvad accepts
 
@@ -136,11 +137,13 @@ class UtteranceStarted:
 
 @dataclass(frozen=True)
 class SpeechPaused:
-    """Silence after speech: `audio` is the utterance as it would end now (decode it speculatively)."""
+    """Silence after speech: `audio` is the utterance as it would end now (decode it speculatively); `prosody`, how
+    its speech ended (for the end of turn)."""
 
     segment_id: int
     speech_end: float
     audio: np.ndarray
+    prosody: Prosody = FLAT
 
 
 @dataclass(frozen=True)
@@ -160,7 +163,7 @@ class UtteranceEnded:
     start: float
     end: float
     speech_end: float
-    reason: str  # "silence" | "max_length" | "end_of_stream"
+    reason: str  # "silence" | "turn" (end_turn) | "max_length" | "end_of_stream"
 
 
 @dataclass(frozen=True)
@@ -314,6 +317,14 @@ class Segmenter:
                 self._freeze(extra=self._npend)
             self._close("end_of_stream", events)
         self._reset()
+        return events
+
+    def end_turn(self) -> list[Event]:
+        """End the open utterance at its pause (reason "turn"): the end of turn came before the silence endpoint.
+        Nothing happens unless speech is paused (its SpeechPaused was sent)."""
+        events: list[Event] = []
+        if self._open and self._paused and self._paused_sent:
+            self._close("turn", events)
         return events
 
     def current(self) -> tuple[int, np.ndarray] | None:
@@ -492,7 +503,10 @@ class Segmenter:
         if self._verdict is None:
             if not self._confirmed:
                 self._confirm(events)
-            events.append(SpeechPaused(self._id, self._frozen_end, self._frozen))
+            n = self._len
+            shape = prosody(self._db[:n], self._lag[:n], self._voiced[:n], self._active[:n], self.cfg.frame_ms,
+                            self.sample_rate)
+            events.append(SpeechPaused(self._id, self._frozen_end, self._frozen, shape))
             self._paused_sent = True
 
     def _close(self, reason: str, events: list[Event]) -> None:

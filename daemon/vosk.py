@@ -129,6 +129,7 @@ class VoskCodec(Codec):
 
     name = "vosk"
     final_wait_s = FINAL_WAIT_S
+    answers_frames = True
 
     def __init__(self) -> None:
         self.vosk = VoskConfig()

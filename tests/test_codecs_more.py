@@ -128,10 +128,11 @@ def test_multipart_fields_files_and_what_is_refused() -> None:
 def test_realtime_codec_speaks_first_and_reports_each_turn() -> None:
     codec = RealtimeCodec(beta=True)
     [opened] = codec.greeting()
-    assert isinstance(opened, Open) and opened.request == Request("asr", "en")
+    assert isinstance(opened, Open) and opened.request == Request("asr", "en", eager_turn=False)
     [configure] = codec.parse(json.dumps({"type": "transcription_session.update", "session": {
         "input_audio_transcription": {"language": "zh", "prompt": "Tympan"}}}))
-    assert isinstance(configure, Configure) and configure.update(Request()) == Request("st", "zh", context="Tympan")
+    assert isinstance(configure, Configure) and configure.update(Request()) == Request(
+        "st", "zh", context="Tympan", eager_turn=False)
     [audio] = codec.parse(json.dumps({"type": "input_audio_buffer.append",
                                       "audio": base64.b64encode(np.array([16384], "<i2").tobytes()).decode()}))
     assert isinstance(audio, Audio) and audio.sample_rate == 24000 and audio.samples.tolist() == [0.5]
@@ -185,14 +186,14 @@ def test_a_refused_realtime_update_leaves_the_settings_and_languages_ignore_case
         return configure
 
     # "ZH" is one of tympan's languages, but say this bundle refuses it: the session answers an Error, no Configured.
-    assert update({"language": "ZH"}).update(Request()) == Request("st", "zh")
+    assert update({"language": "ZH"}).update(Request()) == Request("st", "zh", eager_turn=False)
     # The next update gives only a prompt: it must build on the settings in force (English), not the refused ones.
     prompt_only = update({"prompt": "Tympan"})
-    assert prompt_only.update(Request()) == Request("asr", "en", context="Tympan")
-    [updated] = codec.render(Configured(Request("asr", "en", context="Tympan")))
+    assert prompt_only.update(Request()) == Request("asr", "en", context="Tympan", eager_turn=False)
+    [updated] = codec.render(Configured(Request("asr", "en", context="Tympan", eager_turn=False)))
     assert json.loads(updated)["session"]["input_audio_transcription"] == {"model": "tympan", "language": "en",
                                                                            "prompt": "Tympan"}
-    assert update({"language": "DE-de"}).update(Request()) == Request("st", "de", context="Tympan")
+    assert update({"language": "DE-de"}).update(Request()) == Request("st", "de", context="Tympan", eager_turn=False)
     with pytest.raises(ProtocolError, match="'FR'"):
         update({"language": "FR"})
 
@@ -354,3 +355,32 @@ def test_a_translation_streams_as_realtime_deltas_and_v1_events() -> None:
 
     assert droppable(events[1], v1) and not droppable(events[1], codec)
     assert not droppable(events[-1], v1) and not droppable(events[-1], codec)
+
+
+def test_realtime_turn_detection_maps_to_the_turn_settings() -> None:
+    for beta in (True, False):
+        codec = RealtimeCodec(beta=beta)
+        codec.render(Ready("s", Request(turn="balanced"), {}, {}))
+
+        def update(detection: object, codec: RealtimeCodec = codec, beta: bool = beta) -> Request:
+            session = {"turn_detection": detection} if beta else {"audio": {"input": {"turn_detection": detection}}}
+            [command] = codec.parse(json.dumps({"type": "transcription_session.update" if beta else "session.update",
+                                                "session": session}))
+            assert isinstance(command, Configure)
+            return command.update(Request())
+
+        assert update({"type": "server_vad"}).turn == "silence"
+        for eagerness, preset in (("high", "aggressive"), ("medium", "balanced"), ("auto", "balanced"),
+                                  ("low", "conservative")):
+            assert update({"type": "semantic_vad", "eagerness": eagerness}).turn == preset
+        assert update({"type": "semantic_vad"}).turn == "balanced"
+        for bad, message in (({"type": "semantic_vad", "eagerness": "max"}, "eagerness must be one of"),
+                             ({"type": "pause"}, "server_vad or semantic_vad"), (None, "not supported"),
+                             ("fast", "must be an object")):
+            with pytest.raises(ProtocolError, match=message):
+                update(bad)
+        # The session's settings are echoed: semantic_vad with the preset's eagerness.
+        wanted = update({"type": "semantic_vad", "eagerness": "low"})
+        [updated] = [json.loads(f) for f in codec.render(Configured(wanted))]
+        session = updated["session"] if beta else updated["session"]["audio"]["input"]
+        assert session["turn_detection"] == {"type": "semantic_vad", "eagerness": "low"}

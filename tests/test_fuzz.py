@@ -4,7 +4,7 @@ Random and mutated frames and messages (random JSON, `start` messages with one t
 unicode, huge strings and numbers, deep nesting, binary frames of odd lengths, NaN samples, invalid UTF-8,
 frames over the size limit, audio before `start`, messages after `stop`, in random interleavings) go over
 a few persistent connections and over fresh ones. Each script is generated together with what the
-protocol (README, daemon/protocol.py, daemon/vosk.py) says must come back, and the answers are checked:
+protocol (docs/protocols.md, daemon/protocol.py, daemon/vosk.py) says must come back, and the answers are checked:
 every refused message gets its `error` event (or, where the protocol closes, a close with that code and a
 reason), nothing is left unanswered, nothing is answered twice. Meanwhile a well-behaved client on each
 path streams a recording again and again and must get the same finals as it did alone. At the end the
@@ -39,7 +39,7 @@ TASKS, LANGS, ENCODINGS = ("asr", "st", "sqa"), ("en", "de", "it", "zh"), ("pcm_
 START_KEYS = {"type", "task", "target_lang", "question", "instruction", "sample_rate", "encoding", "session_id"}
 CONFIG_KEYS = {"type", "task", "target_lang", "question", "instruction"}
 SESSION_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-EVENTS = {"ready", "partial", "final", "error", "done"}
+EVENTS = {"ready", "partial", "translation", "end_of_turn", "turn_resumed", "final", "error", "done"}
 SPEECH = np.concatenate([silence(0.6), alsa_speech("Front_Center"), silence(1.5), alsa_speech("Rear_Right"),
                          silence(1.2)])
 PCM = (np.clip(SPEECH, -1, 1) * 32767).astype("<i2").tobytes()
@@ -447,6 +447,9 @@ def check_events(events: list[dict]) -> None:
             assert e["code"] in ("bad_request", "unsupported") and e["message"], e  # never internal
         if e["type"] in ("partial", "final"):
             assert isinstance(e["text"], str) and isinstance(e["segment_id"], int) and e["start"] <= e["end"], e
+        if e["type"] == "end_of_turn":
+            p = e["probability"]
+            assert isinstance(e["eager"], bool) and (p is None or 0.0 <= p <= 1.0), e
 
 
 async def run_stream_script(url: str, acts: list[Act]) -> int:

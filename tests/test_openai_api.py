@@ -73,7 +73,10 @@ def daemon(tympan_home: Path, tmp_path_factory: pytest.TempPathFactory, broker: 
     work = tmp_path_factory.mktemp("openai")
     config = (f'[auth]\ntoken = "{TOKEN}"\nallowed_origins = ["{ORIGIN}"]\n[openai]\nmax_audio_s = 20.0\n'
               f'[limits]\nstart_timeout_s = 2.0\nmax_sessions = {MAX_SESSIONS}\n'
-              f'[mqtt]\nurl = "{broker.url}"\nsite = "oa"\nspool = "{work / "spool.sqlite"}"\n')
+              f'[mqtt]\nurl = "{broker.url}"\nsite = "oa"\nspool = "{work / "spool.sqlite"}"\n'
+              # Two sentences a second apart are two utterances whatever the tiny model writes (its words are
+              # noise, so the end-of-turn model's view of them is too): the finals are compared across protocols.
+              '[turn]\ndetection = "silence"\n')
     with DaemonProcess(default_bundle(), work, config) as d:
         yield d
 

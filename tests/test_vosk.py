@@ -44,7 +44,9 @@ def daemon(tympan_home: Path, tmp_path_factory: pytest.TempPathFactory):
     from tympan.daemon.cli import default_bundle
 
     work = tmp_path_factory.mktemp("vosk")
-    with DaemonProcess(default_bundle(), work, "[limits]\nmax_frame_bytes = 65536\nidle_timeout_s = 20\n") as d:
+    # The silence endpoint: the finals' frames are checked against vad.silence_ms (test_turns.py has the model's).
+    config = "[limits]\nmax_frame_bytes = 65536\nidle_timeout_s = 20\n[turn]\ndetection = \"silence\"\n"
+    with DaemonProcess(default_bundle(), work, config) as d:
         yield d
 
 
