@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="the bundle directory to create")
     p.add_argument("--quantize", choices=["int8"], help="also write an int8 encoder and serve it (with a report)")
     p.add_argument("--llm", choices=["torch", "onnx"], default="onnx",
-                   help="LLM runtime of the bundle (onnx: measured 2.3x faster than torch, see README)")
+                   help="LLM runtime of the bundle (onnx: measured 2.3x faster than torch, see docs/benchmarks.md)")
     p.add_argument("--verify-manifest", type=Path, action="append", default=[], metavar="MANIFEST",
                    help="speech examples to verify with (default: the checkpoint config's dev manifests)")
     p.add_argument("--eval-manifest", type=Path, action="append", default=[], metavar="MANIFEST",

@@ -41,7 +41,7 @@ def ensure_default_bundle(model: str | None = None) -> Path:
     if not (SHIPPED / "checkpoint.json").is_file():
         raise FileNotFoundError(
             f"the trained default model is missing from {SHIPPED}; train it with "
-            "`tympan train --config configs/default.toml` (README: The default model), or serve the tiny "
+            "`tympan train --config configs/default.toml` (docs/training.md), or serve the tiny "
             "pipeline-check model with TYMPAN_MODEL=tiny"
         )
     # Verified on the real recordings (Debian packages the set-up installs): the training

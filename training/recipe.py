@@ -143,7 +143,7 @@ class StageConfig:
     # Joint stage with the CTC bridge: the CTC loss's weight beside the LM loss (Soundwave's 0.3).
     ctc_weight: float = field(default=0.3, metadata=check(non_negative))
     # Joint stage: train the projector (the bridge) too. False trains LoRA alone on what the frozen
-    # bridge really gives: a joint run that trained both made the CTC head worse (README).
+    # bridge really gives: a joint run that trained both made the CTC head worse (docs/training.md).
     train_projector: bool = True
     # Each task's share of the stage's examples, per modality (empty: as many as the data hold). The
     # lora stage's text is ~90 % QA and translation lines; ASR, the first thing users need, gets more.

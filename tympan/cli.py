@@ -21,6 +21,14 @@ if TYPE_CHECKING:
     from tympan.runtime.decode import DecodeSettings
 
 
+# The page of the source tree's docs/ that explains each command (named in its --help).
+DOCS = {
+    "train": "docs/training.md", "data": "docs/training.md", "export": "docs/training.md (bundles: docs/model.md)",
+    "serve": "docs/operations.md (clients: docs/protocols.md)", "stream": "docs/protocols.md",
+    "infer": "docs/model.md", "eval": "docs/model.md (evaluation: docs/training.md)",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tympan import evaluate
     from tympan.daemon import cli as daemon_cli
@@ -28,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tympan.training import cli as training_cli
 
     parser = argparse.ArgumentParser(
-        prog="tympan", description="Instruction-following speech LLM: ASR, speech translation, spoken QA."
+        prog="tympan", description="Instruction-following speech LLM: ASR, speech translation, spoken QA.",
+        epilog="Documentation: README.md, then docs/ in the source tree (model.md, protocols.md, operations.md, "
+               "training.md, benchmarks.md, architecture.md).",
     )
     parser.add_argument("--version", action="version", version=f"tympan {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -36,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     export_cli.register(sub)
     daemon_cli.register(sub)
     evaluate.register(sub, _open_checkpoint)
+    for name, command in sub.choices.items():
+        command.epilog = f"Documentation: {DOCS[name]}, in the source tree."
     return parser
 
 

@@ -4,7 +4,7 @@ Greedy CTC takes each frame's best label on its own, so a word the head half-hea
 sound ("seven of clocks"). The beam keeps the few best label sequences and scores each by its CTC
 probability plus `weight` x the log-probability an n-gram model of the training text gives its
 tokens, plus `length_bonus` per token (the LM alone would favour dropping words). Measured on the
-held-out test sentences (README: The default model): WER 30.0 -> 23-24 % for `ctc6`'s head.
+held-out test sentences (docs/training.md): WER 30.0 -> 23-24 % for `ctc6`'s head.
 
 The model is over the LLM's own token ids, so it does not depend on the head's class order. It is
 kept in backoff form (log p of each seen n-gram, log backoff weight of each seen context), packed

@@ -36,7 +36,7 @@ class DecodeSettings:
     repeat_times: int = field(default=3, metadata=check(positive))
     # ASR with a CTC bridge: an answer whose spoken form departs from what was heard (the greedy CTC text) by
     # more than `max_departure` word edits per heard word is replaced by the heard words (runtime/grounding.py).
-    # 0.2: the lowest dev WER of the shipped model among 0.2-1.0 (README: The default model).
+    # 0.2: the lowest dev WER of the shipped model among 0.2-1.0 (docs/training.md).
     ground_asr: bool = True
     max_departure: float = field(default=0.2, metadata=check(positive))
 

@@ -1,12 +1,11 @@
 """An instruction-tuned LLM that reads what was heard as text: the bundle's `text_llm`.
 
 With a second pass of hearing, a final's words are text. A multilingual LLM prompted with its own chat template and
-the task's instruction translates and answers from that text without training on speech (README, "Choosing the
-LLM"); the speech LLM's adapter only ever saw one domain of parallel text. The LLM runs as one ONNX graph with a KV
-cache (int8 weights), driven by the runtime's decode loop, so its tokens stream like the speech LLM's.
+the task's instruction translates and answers from that text without training on speech (docs/translation.md); the
+speech LLM's adapter only ever saw one domain of parallel text. The LLM runs as one ONNX graph with a KV cache (int8
+weights), driven by the runtime's decode loop, so its tokens stream like the speech LLM's.
 
-numpy, tokenizers and onnxruntime only: no torch in the daemon.
-"""
+numpy, tokenizers and onnxruntime only: no torch in the daemon."""
 
 from __future__ import annotations
 
