@@ -5,8 +5,9 @@ At a pause the end of turn needs the speculative final's reading (turn.py). A mi
 silence while it is read, and the decision is taken for the silence so far when the reading comes. A client that
 sends faster than real time (a file) would be past the pause, into the next sentence, before the reading came, and
 its turns would depend on the machine's speed. So while a reading is awaited the audio received waits here (`held`),
-and goes on to the segmenter once the reading is in: the same turns whatever the pace. `HOLD_MAX_S` bounds the
-wait: past it the audio goes on and that pause is decided on silence alone.
+and goes on to the segmenter a frame at a time once the reading is in: the same turns whatever the pace. A session
+reads no more from a client holding `HOLD_MAX_S` (backpressure); only if that wait outlasts limits.idle_timeout_s
+does the audio go on without the reading, and that pause then ends at its preset's longest silence.
 """
 
 from __future__ import annotations
@@ -48,10 +49,11 @@ class AudioIn:
     """Audio at `client_rate` in (`receive`), segmentation events out (`segment`), until `finish` ends the open
     utterance."""
 
-    def __init__(self, cfg: VadConfig, client_rate: int, rate: int) -> None:
+    def __init__(self, cfg: VadConfig, client_rate: int, rate: int, turn_silence_ms: int | None = None) -> None:
         self.rate = rate
         self.resampler = soxr.ResampleStream(client_rate, rate, 1, dtype="float32") if client_rate != rate else None
-        self.segmenter: Segmenter | None = Segmenter(cfg, rate)
+        self.segmenter: Segmenter | None = Segmenter(cfg, rate, turn_silence_ms)
+        self.piece = rate * cfg.frame_ms // 1000  # segmented a frame at a time: each frame is a tick of the turn
         self.timeline = Timeline(rate)
         self.held: deque[np.ndarray] = deque()  # received, not yet segmented
         self.held_samples = 0
@@ -83,10 +85,13 @@ class AudioIn:
             self.held_samples += len(audio)
 
     def segment(self) -> list[Event] | None:
-        """Segment the oldest chunk held: its events, or None when nothing is held."""
+        """Segment the oldest frame's worth of audio held: its events, or None when nothing is held."""
         if self.segmenter is None or not self.held:
             return None
         audio = self.held.popleft()
+        if len(audio) > self.piece:
+            self.held.appendleft(audio[self.piece:])
+            audio = audio[:self.piece]
         self.held_samples -= len(audio)
         self.segmented += len(audio)
         return self.segmenter.push(audio)

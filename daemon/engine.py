@@ -237,14 +237,16 @@ class Engine:
         final read by the second pass of hearing, what it heard (for any task; "" where the reading is not sure
         enough of itself to be shown as stable), else None; and where a text LLM answered, the heard text it
         answered from (the final's source), else None; and the English words heard, for the end of turn (the second
-pass's reading, "" where it was refused; without one, the text)."""
+        pass's reading, "" where it was refused; without one, an ASR final's text, else "")."""
         if self.ctc_partials and job.kind == "partial":
             heard_now = self.model.heard(encoded, with_lm=False)
             return heard_now, (), None, None, heard_now  # at once; the final reads it with the LM
         hearing = self.model.hearing
         if job.kind != "final" or hearing is None:
             text = self._answer(job, encoded, encoded.embeddings)
-            return text, (), None, None, text
+            # An answer (a translation) is not what was said: the end of turn then goes on prosody and silence.
+            said = text if job.request.task == "asr" and job.request.instruction is None else ""
+            return text, (), None, None, said
         r = job.request
         heard = self.model.read(job.audio, encoded, terms=r.context, word_times=r.word_times)
         shown = heard.text if hearing.settled(heard) else ""

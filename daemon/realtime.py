@@ -80,11 +80,12 @@ def _transcription_settings(session: dict[str, Any], beta: bool) -> tuple[dict[s
     return _object(audio_in.get("transcription"), "audio.input.transcription"), fmt
 
 
-def _turn(session: dict[str, Any], beta: bool, current: str | None) -> str | None:
-    """The turn setting a session update asks for (protocol.TURNS), `current` where it names none."""
+def _turn(session: dict[str, Any], beta: bool, current: str | None) -> tuple[str | None, str | None]:
+    """The turn setting a session update asks for (protocol.TURNS; `current` where it names none), and the
+    semantic_vad eagerness word it used (echoed back as the client wrote it)."""
     holder = session if beta else _object(_object(session.get("audio"), "audio").get("input"), "audio.input")
     if "turn_detection" not in holder:
-        return current
+        return current, None
     detection = holder["turn_detection"]
     if detection is None:
         raise ProtocolError("unsupported", "turn_detection null (turns committed by the client) is not supported: "
@@ -92,13 +93,13 @@ def _turn(session: dict[str, Any], beta: bool, current: str | None) -> str | Non
     detection = _object(detection, "turn_detection")
     kind = detection.get("type")
     if kind == "server_vad":
-        return "silence"
+        return "silence", None
     if kind == "semantic_vad":
         eagerness = detection.get("eagerness", "auto")
-        if eagerness not in EAGERNESS:
+        if not isinstance(eagerness, str) or eagerness not in EAGERNESS:
             raise ProtocolError("bad_request", f"turn_detection.eagerness must be one of {', '.join(EAGERNESS)}, "
                                                f"got {str(eagerness)[:20]!r}")
-        return EAGERNESS[eagerness]
+        return EAGERNESS[eagerness], eagerness
     raise ProtocolError("bad_request",
                         f"turn_detection.type must be server_vad or semantic_vad, got {str(kind)[:30]!r}")
 
@@ -116,8 +117,10 @@ class RealtimeCodec(Codec):
     def __init__(self, beta: bool) -> None:
         self.beta = beta
         self.settings: dict[str, Any] = {"model": "tympan", "language": "en", "prompt": ""}
-        self.proposed: tuple[Request, dict[str, Any]] | None = None  # an update the session has not taken yet
+        # An update the session has not taken yet: its request, transcription settings and eagerness word.
+        self.proposed: tuple[Request, dict[str, Any], str | None] | None = None
         self.turn: str | None = None  # the session's turn setting (protocol.TURNS), once it is open
+        self.eagerness: str | None = None  # the semantic_vad eagerness the client chose, as it wrote it
         self.items: dict[int, str] = {}  # segment id -> item id
         self.committed: set[int] = set()
         self.sent: dict[int, str] = {}  # segment id -> the text its deltas have carried so far
@@ -161,13 +164,13 @@ class RealtimeCodec(Codec):
             raise ProtocolError("bad_request", f"prompt must be a string of at most {MAX_TEXT} characters")
         lang = _lang(language) if language else self.settings["language"]
         context = prompt if prompt is not None else self.settings["prompt"]
-        turn = _turn(session, self.beta, self.turn)
+        turn, eagerness = _turn(session, self.beta, self.turn)
         # No eager end of turn: the API has no event for it.
         request = Request("asr", "en", context=context or None, turn=turn, eager_turn=False) if lang == "en" else \
             Request("st", lang, context=context or None, turn=turn, eager_turn=False)
         # Kept only once the session takes the request (Configured): a refused one leaves the settings as they were.
         self.proposed = (request, {"model": str(transcription.get("model") or self.settings["model"])[:60],
-                                   "language": lang, "prompt": context})
+                                   "language": lang, "prompt": context}, eagerness)
         return Configure(lambda _: request)
 
     def _append(self, audio: Any) -> Audio:
@@ -190,7 +193,9 @@ class RealtimeCodec(Codec):
     def _session(self) -> dict[str, Any]:
         turns: dict[str, Any] = {"type": "server_vad"}
         if self.turn in EAGERNESS.values():
-            turns = {"type": "semantic_vad", "eagerness": next(k for k, v in EAGERNESS.items() if v == self.turn)}
+            word = self.eagerness if self.eagerness is not None and EAGERNESS[self.eagerness] == self.turn else \
+                next(k for k, v in EAGERNESS.items() if v == self.turn)
+            turns = {"type": "semantic_vad", "eagerness": word}
         if self.beta:
             return {"id": self.id, "object": "realtime.transcription_session", "input_audio_format": "pcm16",
                     "input_audio_transcription": self.settings, "turn_detection": turns, "modalities": ["text"]}
@@ -209,6 +214,7 @@ class RealtimeCodec(Codec):
         if isinstance(ev, Configured):
             if self.proposed is not None and self.proposed[0] == ev.request:
                 self.settings, self.turn = self.proposed[1], ev.request.turn
+                self.eagerness = self.proposed[2] or self.eagerness
             self.proposed = None
             return [self._event(f"{prefix}.updated", session=self._session())]
         if isinstance(ev, Onset):

@@ -74,6 +74,8 @@ class Session:
         self.room.set()
         self.caught_up = asyncio.Event()  # set while no received audio waits to be segmented
         self.caught_up.set()
+        self.unheld = asyncio.Event()  # set while the audio held is under audio_in.HOLD_MAX_S
+        self.unheld.set()
         self.started_at = time.monotonic()
         self.admitted = False
 
@@ -130,6 +132,10 @@ class Session:
                 await asyncio.wait_for(self.room.wait(), self.cfg.limits.idle_timeout_s)
             except TimeoutError:
                 raise Closing(1011, STALLED) from None
+            # A client far ahead of its readings (a file sent at once) waits too, so its turns are a microphone's.
+            if self.audio is not None and self.audio.holding_too_long:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.unheld.wait(), self.cfg.limits.idle_timeout_s)
             frame = await self._recv(self.cfg.limits.idle_timeout_s)
 
     async def _recv(self, timeout: float) -> str | bytes:
@@ -227,10 +233,10 @@ class Session:
         if self.audio is None:
             # The turns end where turn.py says (end_turn); the segmenter's own silence endpoint is only the last resort.
             cap = max(self.cfg.vad.silence_ms, *(p.max_silence_ms for p in PRESETS.values()))
-            self.audio = AudioIn(replace(self.cfg.vad, silence_ms=cap), command.sample_rate, self.host.sample_rate)
+            self.audio = AudioIn(self.cfg.vad, command.sample_rate, self.host.sample_rate, turn_silence_ms=cap)
             log.info("session %s: audio at %d Hz", self.id, command.sample_rate)
         self.audio.receive(command.samples)
-        self._flow()
+        self._flow()  # also when nothing flows: it says whether the client must wait (unheld)
         self._maybe_partial(self.audio)
 
     def _flow(self, wait: bool = True) -> None:
@@ -250,6 +256,10 @@ class Session:
             self.caught_up.set()
         else:
             self.caught_up.clear()
+        if audio.holding_too_long:
+            self.unheld.clear()
+        else:
+            self.unheld.set()
 
     def _awaiting_reading(self) -> bool:
         return any(u.awaiting_reading for u in self.utterances.values())
@@ -285,7 +295,8 @@ class Session:
                 u.drop()
                 self._forget(u.segment_id)
             elif isinstance(ev, UtteranceEnded):
-                if ev.reason in ("silence", "turn"):
+                # Every end but a max-length cut of speech going on ends the turn (and resolves an eager end of turn).
+                if ev.reason != "max_length" or (u.turn is not None and u.turn.speech_end is not None):
                     self.turn(EndOfTurn(u.segment_id, u.turn.probability if u.turn is not None else None))
                 self.client.tell(Endpoint(u.segment_id, ev.speech_end))  # before its final, which may be ready at once
                 u.endpoint(ev.audio, ev.speech_end)
@@ -325,7 +336,8 @@ class Session:
             sink.turn(self.id, event)
 
     def end_turn(self, segment_id: int) -> None:
-        if self.audio is not None:
+        current = self.audio.current() if self.audio is not None else None
+        if self.audio is not None and current is not None and current[0] == segment_id:
             self._segmented(self.audio.end_turn())
 
     def failed(self, segment_id: int) -> None:

@@ -1,9 +1,9 @@
 """One utterance from its start to its final: speculate at a pause, confirm at the endpoint.
 
 The final is decoded speculatively once speech pauses (vad.pause_ms), on the audio up to the
-pause. Speech that resumes throws the speculation away. An endpoint (vad.silence_ms of silence)
-with no more speech confirms it: its text goes out as soon as it is decoded, so latency runs from
-the end of speech, not from the endpoint. An endpoint after more speech decodes the whole
+pause. Speech that resumes throws the speculation away. An endpoint (the end of turn, below, or
+the segmenter's silence) with no more speech confirms it: its text goes out as soon as it is
+decoded, so latency runs from the end of speech, not from the endpoint. An endpoint after more speech decodes the whole
 utterance anew. Nothing of a final decode is shown before it is confirmed (it may be thrown
 away); once confirmed, its text so far streams as partials. Decodes of the growing utterance
 (every decode.partial_interval_ms) give partials until the endpoint; every partial passes local

@@ -254,7 +254,9 @@ class Segmenter:
     _npend: int
     _PITCH_MIN_MS = 90  # voiced audio needed before the pitch share is judged (3 frames at least)
 
-    def __init__(self, cfg: VadConfig, sample_rate: int = 16000) -> None:
+    def __init__(self, cfg: VadConfig, sample_rate: int = 16000, turn_silence_ms: int | None = None) -> None:
+        """`turn_silence_ms`: where the end of turn decides (end_turn), the silence that ends an utterance whose pause
+        was announced (SpeechPaused sent): a last resort. A pause the gate refused still ends at cfg.silence_ms."""
         if sample_rate not in SAMPLE_RATES:
             raise ValueError(f"sample_rate must be one of {SAMPLE_RATES} (webrtcvad), got {sample_rate}")
         self.cfg = cfg
@@ -267,6 +269,7 @@ class Segmenter:
         self._ring_n = self._search + self._pre
         self._start_run = _frames(cfg.start_voiced_ms, fm)
         self._silence = _frames(cfg.silence_ms, fm)
+        self._turn_silence = _frames(turn_silence_ms, fm) if turn_silence_ms is not None else self._silence
         self._pause = _frames(cfg.pause_ms, fm)
         self._max = int(cfg.max_utterance_s * 1000 // fm)
         self._cut = _frames(cfg.cut_search_s * 1000, fm)
@@ -422,7 +425,7 @@ class Segmenter:
                 if self._paused_sent:
                     events.append(SpeechResumed(self._id))
                 self._paused_sent = False
-            elif self._silent >= self._silence:
+            elif self._silent >= (self._turn_silence if self._paused_sent else self._silence):
                 self._close("silence", events)
                 return
         elif not active and self._silent >= self._pause:

@@ -375,6 +375,7 @@ def test_realtime_turn_detection_maps_to_the_turn_settings() -> None:
             assert update({"type": "semantic_vad", "eagerness": eagerness}).turn == preset
         assert update({"type": "semantic_vad"}).turn == "balanced"
         for bad, message in (({"type": "semantic_vad", "eagerness": "max"}, "eagerness must be one of"),
+                             ({"type": "semantic_vad", "eagerness": []}, "eagerness must be one of"),
                              ({"type": "pause"}, "server_vad or semantic_vad"), (None, "not supported"),
                              ("fast", "must be an object")):
             with pytest.raises(ProtocolError, match=message):
@@ -384,3 +385,7 @@ def test_realtime_turn_detection_maps_to_the_turn_settings() -> None:
         [updated] = [json.loads(f) for f in codec.render(Configured(wanted))]
         session = updated["session"] if beta else updated["session"]["audio"]["input"]
         assert session["turn_detection"] == {"type": "semantic_vad", "eagerness": "low"}
+        wanted = update({"type": "semantic_vad", "eagerness": "auto"})  # echoed as the client wrote it
+        [updated] = [json.loads(f) for f in codec.render(Configured(wanted))]
+        session = updated["session"] if beta else updated["session"]["audio"]["input"]
+        assert session["turn_detection"] == {"type": "semantic_vad", "eagerness": "auto"}
