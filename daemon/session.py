@@ -276,8 +276,9 @@ class Session:
     def _segmented(self, events: list[VadEvent]) -> None:
         for ev in events:
             if isinstance(ev, UtteranceStarted):
-                r = self._turn_set(self.request)
-                turn = Turn(r.turn or "silence", bool(r.eager_turn), self.host.turn_model, self.cfg.vad.silence_ms)
+                r = self.request  # its turn settings filled in at Open and Configure (_turn_set)
+                turn = Turn(r.turn or self.cfg.turn.default_turn, bool(r.eager_turn), self.host.turn_model,
+                            self.cfg.vad.silence_ms)
                 self.utterances[ev.segment_id] = Utterance(
                     self.key, ev.segment_id, self.request, ev.start, self, turn,
                     stable_from_hearing=self.host.model_info.get("hearing") == "whisper")

@@ -1,4 +1,4 @@
-"""Shared fixtures: an isolated TYMPAN_HOME, the toy corpus, and the tiny config."""
+"""Shared fixtures: an isolated TYMPAN_HOME, the toy corpus, the tiny config, and an MQTT broker."""
 
 from __future__ import annotations
 
@@ -41,3 +41,12 @@ def fresh_accelerate_state():
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory):
+    """A real mosquitto broker for the tests of one module (tests/broker.py)."""
+    from broker import Broker
+
+    with Broker(tmp_path_factory.mktemp("broker")) as b:
+        yield b

@@ -421,12 +421,6 @@ def test_slow_readers_are_dropped_and_memory_stays_bounded(bundle, tmp_path) -> 
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory):
-    with Broker(tmp_path_factory.mktemp("broker")) as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
 def hostile(bundle: Path, broker: Broker, tmp_path_factory: pytest.TempPathFactory):
     """A daemon for floods and vanishing clients: 8 sessions at most, 3 s to send `start`."""
     work = tmp_path_factory.mktemp("hostile")

@@ -61,12 +61,6 @@ def pyav(audio: np.ndarray, container: str, codec: str, rate: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory):
-    with Broker(tmp_path_factory.mktemp("openai-broker")) as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
 def daemon(tympan_home: Path, tmp_path_factory: pytest.TempPathFactory, broker: Broker):
     from tympan.daemon.cli import default_bundle
 

@@ -242,14 +242,6 @@ def test_a_text_llm_needs_a_second_pass_and_a_chat_frame(tympan_home, tiny_en, t
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory):
-    from broker import Broker
-
-    with Broker(tmp_path_factory.mktemp("broker")) as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
 def daemon(text_bundle: Path, broker, tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("daemon")
     config = (f'[server]\nthreads = 2\n[mqtt]\nurl = "{broker.url}"\nsite = "lab"\nspool = "{work / "spool.sqlite"}"\n'

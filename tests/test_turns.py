@@ -192,14 +192,6 @@ PAUSE_ONLY = (-5.0, 0, 0, 0, 0, 0, 0, 0, 5.0)  # p = 0.5 at 1 s of silence: bala
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory):
-    from broker import Broker
-
-    with Broker(tmp_path_factory.mktemp("turn-broker")) as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
 def daemon(tympan_home: Path, broker, tmp_path_factory: pytest.TempPathFactory):
     from tympan.daemon.cli import default_bundle
     from tympan.runtime.turn import FEATURES
